@@ -1,0 +1,69 @@
+"""The `srcompress` command: a thin Typer layer over the library API.
+
+This package is the only place that knows about exit codes: library code raises
+`UserInputError` (exit 2) or `WorkFailedError` (exit 1), and `main` turns them into one sentence.
+Each command lives in its own module and registers itself on `app`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+from srcompress._version import __version__
+from srcompress.cli.common import console, error_console
+from srcompress.errors import SRCompressError
+
+app = typer.Typer(
+    name="srcompress",
+    help="Compress super-resolution models: distill a big teacher into a small student (DUKD, "
+    "MKD), quantize it, evaluate it with the field's exact PSNR/SSIM protocol, export to ONNX.",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"srcompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+) -> None:
+    if debug:
+        os.environ["SRCOMPRESS_DEBUG"] = "1"
+
+
+from srcompress.cli import info as _info  # noqa: E402, F401  (commands register on `app`)
+
+
+def main() -> None:
+    """Entry point: run the app and turn every expected failure into one sentence + exit code."""
+    try:
+        app()
+    except SRCompressError as error:
+        error_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        if os.environ.get("SRCOMPRESS_DEBUG"):
+            traceback.print_exc()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        error_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get("SRCOMPRESS_DEBUG"):
+            raise
+        error_console.print(
+            f"[bold red]internal error:[/] {type(error).__name__}: {error} "
+            "(rerun with --debug for the traceback and please report it)", highlight=False,
+            soft_wrap=True)
+        sys.exit(1)

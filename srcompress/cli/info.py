@@ -1,0 +1,71 @@
+"""`srcompress info MODEL` and `srcompress models`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from srcompress.cli import app
+from srcompress.cli.common import JSON_OPTION, console, emit_json, human_output
+from srcompress.models import ARCHITECTURES, PRESETS, count_macs, load_model
+
+_SHOWN_ABOVE = {"architecture", "settings", "scale", "srcompress_format"}
+
+
+@app.command(epilog="Example: srcompress info runs/edsr-dukd/student.safetensors --json -")
+def info(
+    model: Path = typer.Argument(..., help="Checkpoint (.safetensors, .pth, .pt, .ckpt)."),
+    arch: str | None = typer.Option(None, "--arch", metavar="SPEC",
+                                    help="Architecture SPEC overriding detection."),
+    json_path: str | None = JSON_OPTION,
+) -> None:
+    """Show a checkpoint's architecture, settings, scale, parameters, MACs and metadata."""
+    loaded = load_model(model, arch=arch)
+    macs = count_macs(loaded.module)
+    report: dict[str, Any] = {
+        "model": str(model), "architecture": loaded.arch, "settings": loaded.settings,
+        "scale": loaded.scale, "parameters": loaded.parameters, "macs_256x256": macs,
+        "metadata": loaded.metadata,
+    }
+    if human_output(json_path):
+        table = Table(title=str(model), show_header=False)
+        table.add_row("architecture", loaded.arch)
+        table.add_row("scale", f"x{loaded.scale}")
+        table.add_row("parameters", f"{loaded.parameters:,} ({loaded.parameters / 1e6:.2f} M)")
+        table.add_row("MACs (256x256 input)", f"{macs / 1e9:,.1f} G")
+        table.add_row("settings", ", ".join(f"{k}={v}" for k, v in loaded.settings.items()))
+        for key, value in loaded.metadata.items():
+            if key not in _SHOWN_ABOVE:
+                table.add_row(key, str(value))
+        console.print(table)
+    emit_json(report, json_path)
+
+
+@app.command(epilog="Example: srcompress models --json -")
+def models(json_path: str | None = JSON_OPTION) -> None:
+    """List the architectures srcompress builds and detects, and the named presets."""
+    presets = {name: {"architecture": arch, "settings": settings}
+               for name, (arch, settings) in PRESETS.items()}
+    architectures = {name: {"summary": entry.summary,
+                            "default_student": entry.smaller_student is not None}
+                     for name, entry in ARCHITECTURES.items()}
+    if human_output(json_path):
+        table = Table(title="Presets")
+        table.add_column("preset")
+        table.add_column("architecture")
+        table.add_column("settings")
+        for name, entry in presets.items():
+            table.add_row(name, entry["architecture"],
+                          ", ".join(f"{k}={v}" for k, v in entry["settings"].items()))
+        console.print(table)
+        table = Table(title="Architectures (detected from weights; default students where marked)")
+        table.add_column("name")
+        table.add_column("summary")
+        table.add_column("default student")
+        for name, entry in architectures.items():
+            table.add_row(name, entry["summary"], "yes" if entry["default_student"] else "")
+        console.print(table)
+    emit_json({"architectures": architectures, "presets": presets}, json_path)

@@ -1,0 +1,140 @@
+"""Reading and writing images, with one policy for every odd file a user may hand us.
+
+Everything becomes a 3×H×W float32 tensor in [0, 1]:
+
+- greyscale (8- or 16-bit) becomes three identical channels, as the benchmark protocol does for
+  Set14's `bridge.png`;
+- an alpha channel is dropped (SR models and metrics work on colour only; compositing onto a
+  background would change the colours we compare against), with a warning when it is not fully
+  opaque, because then the picture the user sees differs from the one we process;
+- 16-bit PNGs keep their full precision (Pillow would truncate 16-bit RGB to 8 bits, so they are
+  decoded by pypng) and are scaled by 1/65535;
+- palette images are expanded to RGB;
+- EXIF orientation is ignored: benchmark and training images never rely on it, and rotating would
+  misalign an HR image with an LR file made from its stored pixels.
+
+Files that are not images, or are corrupt, raise `UserInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import png
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from srcompress.errors import UserInputError
+from srcompress.metrics import to_uint8
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_BIT_DEPTH_OFFSET = 24  # signature (8) + IHDR length and type (8) + width and height (8)
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def _drop_alpha(channels: Tensor, opaque: float, path: Path) -> Tensor:
+    """Colour channels of a C×H×W integer tensor whose last channel is alpha."""
+    if bool((channels[-1] != opaque).any()):
+        warnings.warn(f"{path}: the alpha channel is ignored; transparent pixels keep their "
+                      "stored colour.", stacklevel=3)
+    return channels[:-1]
+
+
+def _to_rgb_float(channels: Tensor, peak: float, path: Path) -> Tensor:
+    """C×H×W integer tensor (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) → 3×H×W float32 in [0, 1]."""
+    if channels.shape[0] in (2, 4):
+        channels = _drop_alpha(channels, peak, path)
+    image = channels.to(torch.float32) / peak
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    return image.contiguous()
+
+
+def _read_png16(path: Path, data: bytes) -> Tensor:
+    try:
+        width, height, rows, info = png.Reader(bytes=data).asDirect()
+        pixels = np.vstack([np.asarray(row, dtype=np.int32) for row in rows])
+    except (png.Error, ValueError, zlib.error) as error:
+        raise UserInputError(f"{path} is not a readable PNG image ({error}).") from None
+    planes = info["planes"]
+    channels = torch.from_numpy(pixels.reshape(height, width, planes)).permute(2, 0, 1)
+    return _to_rgb_float(channels, float(2 ** info["bitdepth"] - 1), path)
+
+
+def _read_with_pillow(path: Path, data: bytes) -> Tensor:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode in _SIXTEEN_BIT_MODES:
+                grey = np.asarray(image, dtype=np.uint16).astype(np.int32)
+                return _to_rgb_float(torch.from_numpy(grey)[None], 65535.0, path)
+            if image.mode in ("I", "F"):
+                raise UserInputError(
+                    f"{path} holds 32-bit {image.mode} pixels, which have no fixed range; "
+                    "convert it to an 8- or 16-bit PNG.")
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                rgba = image.convert("RGBA")
+                channels = torch.from_numpy(np.array(rgba)).permute(2, 0, 1).to(torch.int32)
+                return _to_rgb_float(channels, 255.0, path)
+            rgb = np.array(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UserInputError(f"{path} is not a readable image ({error}).") from None
+    return _to_rgb_float(torch.from_numpy(rgb).permute(2, 0, 1), 255.0, path)
+
+
+def read_image(path: str | os.PathLike[str]) -> Tensor:
+    """Read an image file as a 3×H×W float32 RGB tensor in [0, 1] (policy in the module doc)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserInputError(f"Image {path} does not exist.") from None
+    except OSError as error:
+        raise UserInputError(f"Cannot read image {path} ({error.strerror}).") from None
+    if data.startswith(_PNG_SIGNATURE) and data[_PNG_BIT_DEPTH_OFFSET:][:1] == b"\x10":
+        return _read_png16(path, data)
+    return _read_with_pillow(path, data)
+
+
+def write_image(path: str | os.PathLike[str], image: Tensor) -> Path:
+    """Save a 3×H×W [0, 1] tensor as an 8-bit RGB PNG, atomically (no half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = Image.fromarray(to_uint8(image), mode="RGB")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            pixels.save(file, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def is_image_file(path: Path) -> bool:
+    """True for visible files with an image extension (hidden files are editor or OS litter)."""
+    return (path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+            and not path.name.startswith("."))
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name; other files are skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(f"{folder} is not a folder of images.")
+    images = sorted(path for path in folder.iterdir() if is_image_file(path))
+    if not images:
+        extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise UserInputError(f"{folder} contains no images ({extensions}).")
+    return images

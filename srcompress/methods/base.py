@@ -1,0 +1,143 @@
+"""The interface every training method implements.
+
+A method turns one training batch into named loss terms, given the student being trained and the
+frozen teacher. The training loop knows nothing about any particular method: it asks the method
+for a `train_step`, hands it a `StepFn` that performs one optimiser step, and logs the terms the
+method returns. Methods that need more than one optimiser step per iteration (DUKD's two-step
+schedule, MKD's meta step) override `train_step`; all others only write `losses`.
+
+Methods are `nn.Module`s so that trainable helpers (feature adapters, KRNets) live inside them,
+move with `.to(device)` and are saved in resumable checkpoints, but never in the student file.
+The same state dict carries the method's random generator, so a resumed run draws the same
+zoom-in tiles and augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from srcompress.errors import UserInputError
+
+
+@dataclass
+class Batch:
+    """Aligned training patches: `lr` is B×3×h×h, `hr` is B×3×(s·h)×(s·h), RGB in [0, 1]."""
+
+    lr: Tensor
+    hr: Tensor
+    scale: int
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.lr.to(device, non_blocking=True), self.hr.to(device, non_blocking=True),
+                     self.scale)
+
+
+class StepFn(Protocol):
+    """One optimiser step on `loss`, provided by the training loop (AMP scaling, clipping, DDP).
+
+    `clear_grad=False` leaves the gradients accumulated for the next step, as the DUKD authors'
+    two-step schedule does.
+    """
+
+    def __call__(self, loss: Tensor, *, clear_grad: bool = True) -> None: ...
+
+
+Model = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a method that has none."""
+
+
+def run_teacher(teacher: nn.Module, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """Teacher outputs for `inputs`, with one forward call per distinct input shape.
+
+    The teacher dominates the cost of distillation, so inputs of the same spatial size are
+    concatenated on the batch axis and run together. The forward runs under inference mode; the
+    outputs are then copied outside it, because inference tensors may not be saved by autograd
+    (a loss such as MSE or Charbonnier saves its target). They are constants for the student's
+    loss: `requires_grad` is False and they have no `grad_fn`.
+    """
+    if teacher.training:
+        raise RuntimeError("the teacher must be in eval mode during distillation")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, tensor in enumerate(inputs):
+        groups.setdefault(tuple(tensor.shape[1:]), []).append(index)
+    results: list[tuple[list[int], Tensor]] = []
+    with torch.inference_mode():
+        for indices in groups.values():
+            merged = torch.cat([inputs[i] for i in indices])
+            results.append((indices, teacher(merged)))
+    outputs: dict[int, Tensor] = {}
+    for indices, result in results:
+        sizes = [inputs[i].shape[0] for i in indices]
+        for i, part in zip(indices, result.clone().split(sizes), strict=True):
+            outputs[i] = part
+    return [outputs[i] for i in range(len(inputs))]
+
+
+def require_teacher(method: str, teacher: nn.Module | None) -> nn.Module:
+    if teacher is None:
+        raise UserInputError(
+            f"Method '{method}' distils from a teacher but none was given; pass a teacher model "
+            f"or use --method scratch.")
+    return teacher
+
+
+class Method(nn.Module):
+    """A distillation (or baseline) objective.
+
+    Subclasses set `name`, `Options` (a frozen dataclass whose fields, defaults and
+    `metadata["help"]` become CLI flags and TOML keys), declare whether they use a teacher, and
+    implement `losses`. Loss terms are returned already weighted, so their sum is the objective;
+    the loop logs each of them.
+
+    Random draws (zoom-in tiles, augmentations) come from `self.generator`, a CPU generator
+    seeded from `torch.initial_seed()` at construction, so a run is reproducible from the seed the
+    loop gives `torch.manual_seed`; `reseed` gives data-parallel ranks their own streams.
+    """
+
+    name: ClassVar[str]
+    needs_teacher: ClassVar[bool] = True
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__()
+        self.options = options if options is not None else self.Options()
+        self.generator = torch.Generator().manual_seed(torch.initial_seed())
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def get_extra_state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.generator.set_state(state.cpu())
+
+    def losses(self, batch: Batch, student: nn.Module,
+               teacher: nn.Module | None) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def train_step(self, batch: Batch, student: nn.Module, teacher: nn.Module | None,
+                   step: StepFn) -> dict[str, float]:
+        """One training iteration; the default is a single step on the sum of all terms."""
+        terms = self.losses(batch, student, teacher)
+        step(sum(terms.values()))
+        return terms_to_floats(terms)
+
+    def student_side_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained together with the student by the main optimiser (e.g. adapters)."""
+        return []
+
+
+def terms_to_floats(terms: dict[str, Tensor]) -> dict[str, float]:
+    """Detached values of the loss terms, read back from the device in one synchronisation."""
+    values = torch.stack([term.detach().float() for term in terms.values()]).tolist()
+    return dict(zip(terms, values, strict=True))
