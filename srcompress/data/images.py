@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -32,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from srcompress.errors import UserInputError
+from srcompress.files import atomic_path
 from srcompress.metrics import to_uint8
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -109,16 +109,9 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
 def write_image(path: str | os.PathLike[str], image: Tensor) -> Path:
     """Save a 3×H×W [0, 1] tensor as an 8-bit RGB PNG, atomically (no half-written file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pixels = Image.fromarray(to_uint8(image), mode="RGB")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            pixels.save(file, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        pixels.save(temporary, format="PNG")
     return path
 
 

@@ -132,6 +132,13 @@ class Method(nn.Module):
         step(sum(terms.values()))
         return terms_to_floats(terms)
 
+    def prepare(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Build helpers whose shapes depend on the two networks (feature adapters, KRNets).
+
+        The loop calls it once, with both networks on their device, before it asks for
+        `student_side_parameters` and before it loads a checkpoint's method state.
+        """
+
     def student_side_parameters(self) -> list[nn.Parameter]:
         """Parameters trained together with the student by the main optimiser (e.g. adapters)."""
         return []

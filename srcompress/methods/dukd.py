@@ -178,7 +178,7 @@ class DUKD(Method):
             sr_down = student(upcycled.zoom_out)
             height, width = batch.lr.shape[-2:]
             terms["zoom_out_rec"] = options.w_upcycled * options.w_rec * F.l1_loss(
-                sr_down[..., :height, :width], batch.lr)
+                sr_down[..., -height:, -width:], batch.lr)
             terms["zoom_out_kd"] = options.w_upcycled * options.w_kd * F.l1_loss(
                 sr_down, targets[2])
         return terms

@@ -220,8 +220,6 @@ def _normalised(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _checked(settings: dict[str, Any]) -> dict[str, Any]:
-    if settings["teacher"] is None:
-        raise UserInputError("no teacher was given: pass the TEACHER checkpoint to distill.")
     for key in _POSITIVE_INTS:
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -275,24 +273,25 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
     from srcompress import models
 
     device = _device(settings["device"])
-    teacher = models.load_model(settings["teacher"], device="cpu")
+    method = create_method(settings["method"], **settings["method_options"])
+    teacher = _teacher(models, settings, method.needs_teacher)
     scale = settings["scale"] if settings["scale"] is not None else teacher.scale
-    if teacher.scale != scale:
+    if teacher is not None and teacher.scale != scale:
         raise UserInputError(
             f"the teacher {settings['teacher']} upscales x{teacher.scale} but --scale is "
             f"{scale}: drop --scale or use a x{scale} teacher.")
     settings["scale"] = scale
     if settings["student"] is None:
         settings["student"] = models.default_student_spec(teacher)
-    method = create_method(settings["method"], **settings["method_options"])
     settings["method_options"] = dataclasses.asdict(method.options)
     if settings["train_data"] is None:
         settings["train_data"] = [str(demo_data_folder())]
     if settings["output"] is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        stem = Path(settings["teacher"]).stem
+        stem = Path(settings["teacher"]).stem if teacher is not None else "student"
         settings["output"] = str(Path("runs") / f"{stem}-{settings['method']}-{stamp}")
-    settings["teacher"] = str(Path(settings["teacher"]).resolve())
+    if teacher is not None:
+        settings["teacher"] = str(Path(settings["teacher"]).resolve())
 
     torch.manual_seed(settings["seed"])
     student = models.build_model(settings["student"], scale)
@@ -317,7 +316,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
                 f"output {run.root}")
         validate = _validator(settings, scale, device) if settings["val_benchmarks"] else None
         trainer = Trainer(
-            student.module, teacher.module if method.needs_teacher else None, method,
+            student.module, teacher.module if teacher is not None else None, method,
             PatchBatches(data, settings["patch_size"], settings["batch_size"], settings["seed"],
                          rank=place.rank),
             _train_settings(settings), device, run, place, validate=validate,
@@ -342,6 +341,18 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
     return DistillResult(run.root, run.student, best, metrics, completed)
 
 
+def _teacher(models: Any, settings: Mapping[str, Any], needed: bool) -> Any:
+    """The loaded teacher; a method without a teacher term may train from a spec and scale."""
+    if settings["teacher"] is not None:
+        return models.load_model(settings["teacher"], device="cpu")
+    if needed:
+        raise UserInputError(f"method {settings['method']} needs a teacher: pass the TEACHER "
+                             "checkpoint.")
+    if settings["student"] is None or settings["scale"] is None:
+        raise UserInputError("training without a teacher needs --student and --scale.")
+    return None
+
+
 def _train_settings(settings: Mapping[str, Any]) -> TrainSettings:
     return TrainSettings(
         iters=settings["iters"], lr=settings["lr"], schedule=settings["schedule"],
@@ -363,9 +374,10 @@ def _weight_writer(models: Any, student: Any, settings: Mapping[str, Any]):
     """Saves a module with the student's architecture and the run's metadata (rank 0 only)."""
     def write(path: str, module: nn.Module, measured: Mapping[str, Any]) -> None:
         loaded = dataclasses.replace(student, module=module)
-        models.save_model(
-            path, loaded, method=settings["method"], teacher=Path(settings["teacher"]).name,
-            metrics=dict(measured), seed=settings["seed"], iterations=settings["iters"])
+        teacher = Path(settings["teacher"]).name if settings["teacher"] is not None else "none"
+        models.save_model(path, loaded, method=settings["method"], teacher=teacher,
+                          metrics=dict(measured), seed=settings["seed"],
+                          iterations=settings["iters"])
 
     return write
 

@@ -1,4 +1,4 @@
-"""DUKD's mechanics, checked directly on tiny EDSRs and real Set5 patches (issue 4, acceptance 1)."""
+"""DUKD's mechanics, checked on tiny EDSRs and real Set5 patches (issue 4, acceptance 1)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ INVERSION_ROUNDING = 2.0**-25
 
 def _rotated_by_same_order(combination: Tensor) -> bool:
     """Where re-applying ops in the same order is wrong: a transpose with exactly one flip."""
-    invert, vflip, hflip, transpose = combination.tolist()
+    _invert, vflip, hflip, transpose = combination.tolist()
     return transpose and vflip != hflip
 
 

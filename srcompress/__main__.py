@@ -1,0 +1,3 @@
+from srcompress.cli import main
+
+main()
