@@ -123,12 +123,10 @@ def store_int8_weights(proto: onnx.ModelProto,
     """
     graph = proto.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    constant_nodes = {}
     for node in graph.node:
         attributes = node.attribute
         if node.op_type == "Constant" and len(attributes) == 1 and attributes[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            constant_nodes[node.output[0]] = node
     pending = dict(weights)
     new_nodes = []
     replaced: set[str] = set()
@@ -142,7 +140,7 @@ def store_int8_weights(proto: onnx.ModelProto,
         new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    _drop_unused(graph, replaced, constant_nodes)
+    _drop_unused(graph, replaced)
     return list(pending)
 
 
@@ -174,16 +172,14 @@ def _add_dequantize(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], layer: 
     return output
 
 
-def _drop_unused(graph: onnx.GraphProto, names: set[str],
-                 constant_nodes: dict[str, onnx.NodeProto]) -> None:
+def _drop_unused(graph: onnx.GraphProto, names: set[str]) -> None:
     used = {name for node in graph.node for name in node.input}
     stale = {name for name in names if name not in used}
     keep = [init for init in graph.initializer if init.name not in stale]
     del graph.initializer[:]
     graph.initializer.extend(keep)
     keep_nodes = [node for node in graph.node
-                  if not (node.op_type == "Constant" and node.output[0] in stale
-                          and constant_nodes.get(node.output[0]) is node)]
+                  if not (node.op_type == "Constant" and node.output[0] in stale)]
     del graph.node[:]
     graph.node.extend(keep_nodes)
 
@@ -203,7 +199,14 @@ def _save_atomically(proto: onnx.ModelProto, path: Path) -> None:
     os.close(handle)
     try:
         onnx.save(proto, temporary)
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
