@@ -16,9 +16,6 @@ from srcompress.metrics import psnr, rgb_to_y, ssim, to_uint8
 
 signal = pytest.importorskip("scipy.signal", reason="the reference SSIM uses scipy.signal")
 
-SET5 = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks" / "Set5"
-
-
 def reference_luma(image: np.ndarray) -> np.ndarray:
     """MATLAB's rgb2ycbcr on [0, 255] values: offsets and coefficients over 255, one pixel row."""
     coefficients = np.array([65.481, 128.553, 24.966], dtype=np.float64) / 255.0
@@ -53,15 +50,14 @@ def reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def bicubic_pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+def bicubic_pairs(shared_data: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """(SR, HR) uint8 pairs: Set5 HR and the bicubic x4 upscale of its MATLAB LR file."""
-    if not (SET5 / "HR").is_dir():
-        pytest.skip(f"real benchmark images not found at {SET5} (see ../shared/data/README.md)")
+    set5 = shared_data / "benchmarks" / "Set5"
     pairs = []
-    for hr_path in list_images(SET5 / "HR")[:3]:
+    for hr_path in list_images(set5 / "HR")[:3]:
         hr = read_image(hr_path)
         hr = hr[:, : hr.shape[1] // 4 * 4, : hr.shape[2] // 4 * 4]
-        lr = read_image(SET5 / "LR_bicubic" / "X4" / f"{hr_path.stem}x4.png")
+        lr = read_image(set5 / "LR_bicubic" / "X4" / f"{hr_path.stem}x4.png")
         pairs.append((to_uint8(imresize(lr, scale=4)), to_uint8(hr)))
     return pairs
 

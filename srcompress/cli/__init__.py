@@ -44,7 +44,11 @@ def _global_options(
         os.environ["SRCOMPRESS_DEBUG"] = "1"
 
 
+from srcompress.cli import datasets as _datasets  # noqa: E402, F401
+from srcompress.cli import distill as _distill  # noqa: E402, F401
+from srcompress.cli import evaluate as _evaluate  # noqa: E402, F401
 from srcompress.cli import info as _info  # noqa: E402, F401  (commands register on `app`)
+from srcompress.cli import upscale as _upscale  # noqa: E402, F401
 
 
 def main() -> None:

@@ -6,10 +6,10 @@ about 0.5 dB. This port reproduces MATLAB's arithmetic: the Keys cubic with a = 
 widened by 1/scale when shrinking (antialiasing), MATLAB's pixel-centre mapping
 `u = x/scale + 0.5(1 - 1/scale)` and symmetric (mirror-with-repeat) padding at the borders.
 
-Each axis is resized by gathering the few input pixels every output pixel depends on and taking
-their weighted sum, so the cost grows with the kernel width rather than the image size, the
-operation is differentiable, and it runs batched on whatever device and dtype the input has.
-Weights are computed once in float64 and cached per (length, scale, device, dtype).
+Each axis is resized by one matrix product with a banded out×in weight matrix (mirrored taps
+folded in), which BLAS and GPUs run far faster than gathering taps, is differentiable, and works
+batched on whatever device and dtype the input has. The matrices are computed once in float64 and
+cached per (lengths, scale, device, dtype).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def _cubic(x: Tensor) -> Tensor:
 
 
 @lru_cache(maxsize=256)
-def _axis_weights(in_length: int, out_length: int, scale: float, device: torch.device,
-                  dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Input indices (out×taps, 0-based, mirrored into range) and their weights for one axis."""
+def _axis_matrix(in_length: int, out_length: int, scale: float, device: torch.device,
+                 dtype: torch.dtype) -> Tensor:
+    """The out×in matrix that resizes one axis: MATLAB's weights at mirrored input positions."""
     antialias = scale < 1
     kernel_width = _KERNEL_WIDTH / scale if antialias else _KERNEL_WIDTH
     x = torch.arange(1, out_length + 1, dtype=torch.float64)
@@ -54,21 +54,17 @@ def _axis_weights(in_length: int, out_length: int, scale: float, device: torch.d
     weights = weights / weights.sum(dim=1, keepdim=True)
     # MATLAB's symmetric padding: ... 2 1 | 1 2 ... n | n n-1 ... (1-based), periodic in 2n.
     mirrored = torch.cat([torch.arange(in_length), torch.arange(in_length - 1, -1, -1)])
-    zero_based = (indices.long() - 1) % (2 * in_length)
-    return (mirrored[zero_based].to(device), weights.to(device=device, dtype=dtype))
+    columns = mirrored[(indices.long() - 1) % (2 * in_length)]
+    matrix = torch.zeros(out_length, in_length, dtype=torch.float64)
+    matrix.scatter_add_(1, columns, weights)
+    return matrix.to(device=device, dtype=dtype)
 
 
 def _resize_axis(x: Tensor, dim: int, out_length: int, scale: float) -> Tensor:
-    in_length = x.shape[dim]
-    indices, weights = _axis_weights(in_length, out_length, scale, x.device, x.dtype)
-    gathered = x.index_select(dim, indices.flatten())
-    shape = list(x.shape)
-    shape[dim:dim + 1] = list(indices.shape)
-    gathered = gathered.reshape(shape)
-    # Broadcast the (out, taps) weights against the gathered axis pair, then sum the taps away.
-    weight_shape = [1] * gathered.dim()
-    weight_shape[dim:dim + 2] = list(weights.shape)
-    return (gathered * weights.reshape(weight_shape)).sum(dim=dim + 1)
+    matrix = _axis_matrix(x.shape[dim], out_length, scale, x.device, x.dtype)
+    if dim == x.dim() - 1:
+        return torch.matmul(x, matrix.T)
+    return torch.matmul(matrix, x)
 
 
 def output_size(in_size: tuple[int, int], scale: float) -> tuple[int, int]:

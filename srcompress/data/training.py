@@ -67,7 +67,7 @@ def load_training_images(folders: Sequence[str | Path], scale: int,
                          patch_size: int) -> TrainingImages:
     """Decode every image of `folders` into memory, ready for patch sampling at `scale`."""
     if not folders:
-        raise UserInputError("no training data was given: pass --train-data DIR.")
+        raise UserInputError("No training data was given: pass --train-data DIR.")
     images: list[TrainingImage] = []
     skipped: list[str] = []
     for folder in map(Path, folders):
@@ -79,7 +79,7 @@ def load_training_images(folders: Sequence[str | Path], scale: int,
     if not images:
         names = ", ".join(skipped)
         raise UserInputError(
-            f"every training image is smaller than one {patch_size}x{patch_size} LR patch at "
+            f"Every training image is smaller than one {patch_size}x{patch_size} LR patch at "
             f"scale x{scale} ({names}): use larger images or a smaller --patch-size.")
     return TrainingImages(images, scale, skipped)
 
@@ -87,7 +87,7 @@ def load_training_images(folders: Sequence[str | Path], scale: int,
 def _read_folder(folder: Path, scale: int) -> list[TrainingImage]:
     if not folder.is_dir():
         raise UserInputError(
-            f"the training data folder {folder} does not exist: check --train-data.")
+            f"The training data folder {folder} does not exist: check --train-data.")
     if (folder / "HR").is_dir():
         return _read_paired(folder, scale)
     paths = _images_in(folder)
@@ -96,7 +96,7 @@ def _read_folder(folder: Path, scale: int) -> list[TrainingImage]:
         hr = _read_uint8(path)
         height, width = (hr.shape[1] // scale) * scale, (hr.shape[2] // scale) * scale
         if height == 0 or width == 0:
-            raise UserInputError(f"the training image {path} is smaller than the scale x{scale}.")
+            raise UserInputError(f"The training image {path} is smaller than the scale x{scale}.")
         hr = hr[:, :height, :width].contiguous()
         pairs.append(TrainingImage(str(path), hr, make_lr(hr, scale)))
     return pairs
@@ -106,7 +106,7 @@ def _read_paired(folder: Path, scale: int) -> list[TrainingImage]:
     lr_folder = folder / "LR_bicubic" / f"X{scale}"
     if not lr_folder.is_dir():
         raise UserInputError(
-            f"the paired training folder {folder} has HR/ but no LR_bicubic/X{scale}/: add the x"
+            f"The paired training folder {folder} has HR/ but no LR_bicubic/X{scale}/: add the x"
             f"{scale} LR images or pass a folder of HR images only.")
     lr_by_stem = {_strip_scale_suffix(path.stem, scale): path for path in _images_in(lr_folder)}
     pairs = []
@@ -114,25 +114,25 @@ def _read_paired(folder: Path, scale: int) -> list[TrainingImage]:
         lr_path = lr_by_stem.get(hr_path.stem)
         if lr_path is None:
             raise UserInputError(
-                f"the HR image {hr_path} has no LR image in {lr_folder}: name it {hr_path.stem}"
+                f"The HR image {hr_path} has no LR image in {lr_folder}: name it {hr_path.stem}"
                 f"x{scale}.png or {hr_path.name}.")
         hr, lr = _read_uint8(hr_path), _read_uint8(lr_path)
         height, width = lr.shape[1] * scale, lr.shape[2] * scale
         if hr.shape[1] < height or hr.shape[2] < width or hr.shape[1] - height >= scale \
                 or hr.shape[2] - width >= scale:
             raise UserInputError(
-                f"the LR image {lr_path} ({lr.shape[2]}x{lr.shape[1]}) is not the x{scale} "
+                f"The LR image {lr_path} ({lr.shape[2]}x{lr.shape[1]}) is not the x{scale} "
                 f"reduction of {hr_path} ({hr.shape[2]}x{hr.shape[1]}): check the scale folder.")
         pairs.append(TrainingImage(str(hr_path), hr[:, :height, :width].contiguous(), lr))
     return pairs
 
 
 def _images_in(folder: Path) -> list[Path]:
-    paths = [Path(path) for path in list_images(folder)]
-    if not paths:
-        raise UserInputError(f"the training data folder {folder} holds no images: add PNG or JPEG "
-                             "files, or pass another --train-data.")
-    return paths
+    try:
+        return list_images(folder)
+    except UserInputError:
+        raise UserInputError(f"The training data folder {folder} holds no images: add PNG or "
+                             "JPEG files, or pass another --train-data.") from None
 
 
 def _strip_scale_suffix(stem: str, scale: int) -> str:

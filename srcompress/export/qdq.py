@@ -22,8 +22,6 @@ no smaller than an 8-bit one.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +32,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from srcompress.errors import UserInputError, WorkFailedError
+from srcompress.files import atomic_path
 from srcompress.quant.fakequant import quantization_settings, quantized_layers
 
 QDQ_MIN_OPSET = 13
@@ -70,7 +69,8 @@ class QDQExport:
             entry = existing.get(key) or proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
-        _save_atomically(proto, path)
+        with atomic_path(path) as temporary:
+            onnx.save(proto, str(temporary))
         return qdq_node_counts(proto)
 
 
@@ -193,20 +193,3 @@ def qdq_node_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:
             counts[node.op_type] += 1
     return counts
 
-
-def _save_atomically(proto: onnx.ModelProto, path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        onnx.save(proto, temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current

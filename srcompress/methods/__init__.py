@@ -16,10 +16,14 @@ from typing import Any, NamedTuple
 from srcompress.errors import UserInputError
 from srcompress.methods.base import Batch, Method, StepFn, run_teacher
 from srcompress.methods.dukd import DUKD
+from srcompress.methods.fakd import FAKD
+from srcompress.methods.fitnet import FitNet
 from srcompress.methods.kd import KD
+from srcompress.methods.mkd import DUKDMKD, MKD
 from srcompress.methods.scratch import Scratch
 
-METHODS: dict[str, type[Method]] = {method.name: method for method in (Scratch, KD, DUKD)}
+METHODS: dict[str, type[Method]] = {
+    method.name: method for method in (Scratch, KD, DUKD, FitNet, FAKD, MKD, DUKDMKD)}
 
 _TRUE_WORDS = {"true", "yes", "on", "1"}
 _FALSE_WORDS = {"false", "no", "off", "0"}

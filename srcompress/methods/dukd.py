@@ -100,8 +100,10 @@ def undo_operations(images: Tensor, operations: Tensor, same_order: bool = False
 
 
 def _compose(images: Tensor, operations: Tensor, order: list[int]) -> Tensor:
-    """Per-row conditional composition, batched; ops that no row drew are skipped (no sync:
-    `operations` lives on the CPU)."""
+    """The selected ops of each row, in `order`, batched with `torch.where`.
+
+    `operations` lives on the CPU, so ops that no row drew are skipped without a device sync.
+    """
     on_device = operations.to(images.device, non_blocking=True)[:, :, None, None, None]
     for index in order:
         if operations[:, index].any():
@@ -178,7 +180,7 @@ class DUKD(Method):
             sr_down = student(upcycled.zoom_out)
             height, width = batch.lr.shape[-2:]
             terms["zoom_out_rec"] = options.w_upcycled * options.w_rec * F.l1_loss(
-                sr_down[..., -height:, -width:], batch.lr)
+                sr_down[..., :height, :width], batch.lr)
             terms["zoom_out_kd"] = options.w_upcycled * options.w_kd * F.l1_loss(
                 sr_down, targets[2])
         return terms

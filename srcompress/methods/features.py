@@ -13,7 +13,8 @@ child of the stack in the original EDSR/RCAN layouts), else its last block. For 
 groups that is groups 3 and 7 and the body tail; for EDSR with 16 blocks, blocks 5 and 11 and the
 tail; for SwinIR, each third of its residual Swin layers, ending at its tail conv. The body is
 found without knowing the architecture: the `nn.Sequential`/`nn.ModuleList` with the most
-parameters whose children are mostly one block type, repeated at least three times. The option
+parameters whose children are mostly one block type, repeated at least three times (stacks of
+composite blocks first; this finds ESRGAN's RRDB trunk, ending at its trunk conv). The option
 `feature_layers` (`--feature-layers`) overrides the positions by module name.
 
 Token-shaped outputs (B×L×C, from transformer layers called as `layer(x, (H, W))`) are turned into
@@ -28,9 +29,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from srcompress.errors import UserInputError
+from srcompress.methods.base import Batch, Method, require_teacher, run_teacher
 
 FLAG = "--feature-layers"
 BODY_TAIL = "conv_after_body"
@@ -53,8 +56,12 @@ def _parameter_count(module: nn.Module) -> int:
 
 
 def find_body(model: nn.Module) -> tuple[str, list[str]] | None:
-    """(name of the body stack, names of its blocks in order), or None if there is no stack."""
-    best: tuple[int, str, list[str]] | None = None
+    """(name of the body stack, names of its blocks in order), or None if there is no stack.
+
+    Stacks of composite blocks (residual blocks, groups, transformer layers) win over stacks of
+    single layers, which are more often a whole network written as one `nn.Sequential`.
+    """
+    best: tuple[tuple[bool, int], str, list[str]] | None = None
     for name, module in unwrap(model).named_modules():
         if not isinstance(module, nn.Sequential | nn.ModuleList) or not name:
             continue
@@ -66,7 +73,8 @@ def find_body(model: nn.Module) -> tuple[str, list[str]] | None:
         if count < 3 or 2 * count < len(children):
             continue
         blocks = [f"{name}.{child_name}" for child_name, child in children if type(child) is kind]
-        score = _parameter_count(module)
+        composite = any(True for _ in next(c for _, c in children if type(c) is kind).children())
+        score = (composite, _parameter_count(module))
         if best is None or score > best[0]:
             best = (score, name, blocks)
     return None if best is None else (best[1], best[2])
@@ -239,6 +247,11 @@ def feature_channels(model: nn.Module, layers: Sequence[str]) -> list[int]:
             plain(probe)
     finally:
         plain.train(was_training)
+    silent = [name for name in layers if not record[name]]
+    if silent:
+        raise UserInputError(
+            f"{FLAG}: module '{silent[0]}' of {type(plain).__name__} is never called as a module "
+            "in a forward pass; choose modules that are.")
     return [feature.shape[1] for feature in taps.features(record)]
 
 
@@ -300,3 +313,50 @@ class TapPair:
     def describe(self) -> str:
         return ", ".join(f"{s}→{t}" for s, t in zip(self.student.layers, self.teacher.layers,
                                                       strict=True))
+
+
+class FeatureDistillation(Method):
+    """A reconstruction term plus a feature term at matched taps (FitNet, FAKD).
+
+    `prepare` finds the taps and builds the method's helpers; `feature_loss` compares one
+    position's student and teacher features (already on a common area).
+    """
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.taps: TapPair | None = None
+
+    def prepare(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        teacher = require_teacher(self.name, teacher)
+        self.taps = TapPair(student, teacher, self.options.feature_layers)
+        with helper_initialisation():
+            self.build_helpers(self.taps)
+        parameter = next(unwrap(student).parameters())
+        self.to(parameter.device, parameter.dtype)
+
+    def build_helpers(self, taps: TapPair) -> None:
+        """Create trainable helpers (e.g. adapters); none by default."""
+
+    def feature_loss(self, position: int, student: Tensor, teacher: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def prepared_taps(self) -> TapPair:
+        if self.taps is None:
+            raise RuntimeError(f"call prepare(student, teacher) on the '{self.name}' method "
+                               "before training with it")
+        return self.taps
+
+    def losses(self, batch: Batch, student: nn.Module,
+               teacher: nn.Module | None) -> dict[str, Tensor]:
+        taps = self.prepared_taps()
+        with taps.teacher.capture() as teacher_record:
+            run_teacher(require_teacher(self.name, teacher), [batch.lr])
+        teacher_features = [as_constant(f) for f in taps.teacher.features(teacher_record)]
+        with taps.student.capture() as student_record:
+            sr = student(batch.lr)
+        student_features = taps.student.features(student_record)
+        feature_term = sum(self.feature_loss(position, *crop_to_common(s, t))
+                           for position, (s, t) in enumerate(zip(student_features,
+                                                                 teacher_features, strict=True)))
+        return {"rec": self.options.w_rec * F.l1_loss(sr, batch.hr),
+                "feat": self.options.w_feat * feature_term}

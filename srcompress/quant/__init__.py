@@ -4,20 +4,20 @@ from srcompress.quant.calibration import calibrate
 from srcompress.quant.fakequant import (
     QuantConv2d,
     QuantizationReport,
-    apply_from_metadata,
     check_bits,
     fake_quantize,
     is_quantized,
     quantize_modules,
+    restore_quantization,
 )
 
 __all__ = [
     "QuantConv2d",
     "QuantizationReport",
-    "apply_from_metadata",
     "calibrate",
     "check_bits",
     "fake_quantize",
     "is_quantized",
     "quantize_modules",
+    "restore_quantization",
 ]

@@ -184,10 +184,13 @@ class QuantizationReport:
     quantized: list[str] = field(default_factory=list)
     full_precision: dict[str, str] = field(default_factory=dict)
 
-    def to_metadata(self) -> dict[str, str]:
-        """The `quant` entry stored in a checkpoint's metadata (safetensors metadata is str)."""
-        return {METADATA_KEY: json.dumps({"w_bits": self.w_bits, "a_bits": self.a_bits,
-                                          "scope": self.scope, "layers": self.quantized})}
+    def metadata(self) -> dict[str, object]:
+        """The `quant` entry of a checkpoint's metadata: `save_model(..., quant=report.metadata())`.
+
+        Holds what `restore_quantization` needs, plus the layers kept in full precision.
+        """
+        return {"w_bits": self.w_bits, "a_bits": self.a_bits, "scope": self.scope,
+                "layers": self.quantized, "full_precision": sorted(self.full_precision)}
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -244,25 +247,22 @@ def quantize_modules(model: nn.Module, w_bits: int = 8, a_bits: int = 8,
     return report
 
 
-def apply_from_metadata(model: nn.Module, metadata: Mapping[str, str]) -> QuantizationReport | None:
+def restore_quantization(model: nn.Module, settings: Mapping[str, object] | str) -> nn.Module:
     """Rebuild the fake-quant layers of a `quantized.safetensors` before its weights are loaded.
 
-    Called by the checkpoint loader on the freshly built float architecture; returns None for an
-    ordinary float checkpoint. The quantisation parameters then load with the state dict.
+    Called by the checkpoint loader on the freshly built float architecture with the decoded
+    `quant` metadata entry (`QuantizationReport.metadata()`); the quantisation parameters then
+    load with the state dict. Returns `model`, changed in place.
     """
-    if METADATA_KEY not in metadata:
-        return None
     try:
-        settings = json.loads(metadata[METADATA_KEY])
-        w_bits, a_bits = int(settings["w_bits"]), int(settings["a_bits"])
-        layers = [str(name) for name in settings["layers"]]
-        scope = str(settings.get("scope", "body"))
+        decoded = json.loads(settings) if isinstance(settings, str) else dict(settings)
+        w_bits, a_bits = int(decoded["w_bits"]), int(decoded["a_bits"])
+        layers = [str(name) for name in decoded["layers"]]
     except (ValueError, KeyError, TypeError) as error:
         raise UserInputError(
             f"the checkpoint's '{METADATA_KEY}' metadata is unreadable ({error}): re-create the "
             "file with `srcompress quantize`.") from error
     modules = dict(model.named_modules())
-    report = QuantizationReport(w_bits, a_bits, scope)
     for name in layers:
         conv = modules.get(name)
         if type(conv) is not nn.Conv2d:
@@ -270,8 +270,7 @@ def apply_from_metadata(model: nn.Module, metadata: Mapping[str, str]) -> Quanti
                 f"the checkpoint lists quantized layer '{name}', which is not a Conv2d of this "
                 "architecture: the file does not match its architecture metadata.")
         _replace(model, name, QuantConv2d(conv, w_bits, a_bits))
-        report.quantized.append(name)
-    return report
+    return model
 
 
 def quantization_settings(model: nn.Module) -> dict[str, object] | None:

@@ -152,14 +152,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserInputError(f"the config file {path} does not exist: check --config.") from None
+        raise UserInputError(f"The config file {path} does not exist: check --config.") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise UserInputError(f"the config file {path} is not valid TOML ({error}): fix it or "
+        raise UserInputError(f"The config file {path} is not valid TOML ({error}): fix it or "
                              "drop --config.") from None
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
         raise UserInputError(
-            f"the config file {path} has an unknown key '{unknown[0]}': valid keys are "
+            f"The config file {path} has an unknown key '{unknown[0]}': valid keys are "
             f"{', '.join(sorted(DEFAULTS))}.")
     return data
 
@@ -278,7 +278,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
     scale = settings["scale"] if settings["scale"] is not None else teacher.scale
     if teacher is not None and teacher.scale != scale:
         raise UserInputError(
-            f"the teacher {settings['teacher']} upscales x{teacher.scale} but --scale is "
+            f"The teacher {settings['teacher']} upscales x{teacher.scale} but --scale is "
             f"{scale}: drop --scale or use a x{scale} teacher.")
     settings["scale"] = scale
     if settings["student"] is None:
@@ -346,10 +346,10 @@ def _teacher(models: Any, settings: Mapping[str, Any], needed: bool) -> Any:
     if settings["teacher"] is not None:
         return models.load_model(settings["teacher"], device="cpu")
     if needed:
-        raise UserInputError(f"method {settings['method']} needs a teacher: pass the TEACHER "
+        raise UserInputError(f"Method {settings['method']} needs a teacher: pass the TEACHER "
                              "checkpoint.")
     if settings["student"] is None or settings["scale"] is None:
-        raise UserInputError("training without a teacher needs --student and --scale.")
+        raise UserInputError("Training without a teacher needs --student and --scale.")
     return None
 
 

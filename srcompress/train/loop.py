@@ -174,6 +174,7 @@ class Trainer:
         self.teacher = teacher
         if teacher is not None:
             teacher.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
+        method.prepare(self.student, teacher)
         self.method = method.to(device)
         self.trained = place.wrap(self.student, device)
         self.side_parameters = list(method.student_side_parameters())
@@ -321,7 +322,7 @@ class Trainer:
                 else "no checkpoint had been written yet")
         amp = " or run with --no-amp" if self.amp_dtype is not None else ""
         return UserInputError(
-            f"the training loss became {value} at iteration {self.iteration + 1}, so training "
+            f"The training loss became {value} at iteration {self.iteration + 1}, so training "
             f"stopped: lower --lr (it was {learning_rate(self.settings, self.iteration):g}){amp}; "
             f"{kept}.")
 

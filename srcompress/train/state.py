@@ -57,7 +57,7 @@ class RunFolder:
                     "of the run to continue, or drop --resume to start a new run.")
         elif self.checkpoint.exists() or self.student.exists():
             raise UserInputError(
-                f"the output folder {self.root} already holds a run: pass --resume to continue it "
+                f"The output folder {self.root} already holds a run: pass --resume to continue it "
                 "or choose another --output.")
         self.root.mkdir(parents=True, exist_ok=True)
         self.remove_partial_files()
@@ -85,14 +85,14 @@ class RunFolder:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as error:
             raise UserInputError(
-                f"the checkpoint {self.checkpoint} cannot be read ({error}): start a new run "
+                f"The checkpoint {self.checkpoint} cannot be read ({error}): start a new run "
                 "without --resume.") from error
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise UserInputError(f"{self.checkpoint} is not a srcompress training checkpoint: "
                                  "start a new run without --resume.")
         if state.get("version") != CHECKPOINT_VERSION:
             raise UserInputError(
-                f"the checkpoint {self.checkpoint} has format version {state.get('version')}, "
+                f"The checkpoint {self.checkpoint} has format version {state.get('version')}, "
                 f"this srcompress reads version {CHECKPOINT_VERSION}: resume it with the "
                 "srcompress version that wrote it.")
         return state

@@ -1,4 +1,4 @@
-"""Fixtures for the data tests: the project's shared real images, skipped when absent."""
+"""Fixtures for the data tests."""
 
 from __future__ import annotations
 
@@ -6,12 +6,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
-def benchmarks_root() -> Path:
-    root = SHARED_DATA / "benchmarks"
-    if not (root / "Set5" / "HR").is_dir():
-        pytest.skip(f"real benchmark images not found at {root} (see ../shared/data/README.md)")
-    return root
+def benchmarks_root(shared_data: Path) -> Path:
+    """../shared/data/benchmarks (Set5 with MATLAB LR files, Set14 HR), or skip."""
+    return shared_data / "benchmarks"

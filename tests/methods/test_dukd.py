@@ -132,14 +132,17 @@ def _manual_objective(method, batch, student, teacher, upcycled) -> dict[str, Te
     }
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    {"n_sub": 2, "lcr_prob": 1.0, "w_rec": 2.0, "w_kd": 0.5, "w_upcycled": 3.0},
-    {"same_order_inverse": True, "lcr_prob": 0.5, "n_sub": 4},
+@pytest.mark.parametrize(("scale", "options"), [
+    (2, {}),
+    (2, {"n_sub": 2, "lcr_prob": 1.0, "w_rec": 2.0, "w_kd": 0.5, "w_upcycled": 3.0}),
+    (2, {"same_order_inverse": True, "lcr_prob": 0.5, "n_sub": 4}),
+    (3, {"n_sub": 3}),
 ])
-def test_losses_equal_the_objective_written_out(make_batch, make_pair, options) -> None:
-    batch = make_batch(scale=2, lr_size=15, count=4)  # 15: zoom-out output is cropped to 15
-    student, teacher = make_pair()
+def test_losses_equal_the_objective_written_out(make_batch, make_pair, scale, options) -> None:
+    # LR side 16 is not a multiple of 3; 15 is not one of 2: x↓ has ceil(h/s) pixels and the
+    # student's output on it is cropped to h for the ground-truth term.
+    batch = make_batch(scale=scale, lr_size=15 if scale == 2 else 16, count=4)
+    student, teacher = make_pair(scale)
     method = create_method("dukd", **options)
     state = method.generator.get_state()
     terms = method.losses(batch, student, teacher)

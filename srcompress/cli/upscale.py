@@ -1,0 +1,62 @@
+"""`srcompress upscale MODEL INPUT... -o DIR`: a thin layer over `srcompress.inference.upscale`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from srcompress.cli import app
+from srcompress.cli.common import JSON_OPTION, console, emit_json, error_console, human_output
+from srcompress.inference import upscale
+
+EXAMPLE = """Examples:
+
+  srcompress upscale runs/dukd/student.safetensors photo.jpg -o out/
+
+  srcompress upscale model.onnx photos/ -o out/ --tile 256
+
+  srcompress upscale bicubic photo.png --scale 4 -o out/
+"""
+
+
+def upscale_command(
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="Checkpoint, .onnx file, or 'bicubic' (needs --scale)."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help="Images or folders."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR",
+                                help="Folder for the results, named <stem>_x<scale>.png."),
+    scale: int | None = typer.Option(None, "--scale",
+                                     help="Upscaling factor (default: the model's)."),
+    tile: int | None = typer.Option(None, "--tile", help="Run in tiles of N input pixels."),
+    tile_pad: int = typer.Option(10, "--tile-pad", help="Context pixels around each tile."),
+    self_ensemble: bool = typer.Option(False, "--self-ensemble",
+                                       help="Average over 8 flips/rotations (x8 slower)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA only)."),
+    arch: str | None = typer.Option(None, "--arch", metavar="SPEC",
+                                    help="Architecture SPEC overriding detection."),
+    json_path: str | None = JSON_OPTION,
+) -> None:
+    """Super-resolve images or folders of images with any MODEL."""
+    shown = console if human_output(json_path) else error_console
+    with Progress(TextColumn("[bold]upscale"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=shown, transient=True) as bar:
+        task = bar.add_task("upscale", total=None)
+        results = upscale(model, inputs, output, scale=scale, device=device, fp16=fp16,
+                          tile=tile, tile_pad=tile_pad, self_ensemble=self_ensemble, arch=arch,
+                          progress=lambda done, total: bar.update(task, completed=done,
+                                                                  total=total))
+    if human_output(json_path):
+        for result in results:
+            console.print(f"{result.source} ({result.input_size[1]}x{result.input_size[0]}) → "
+                          f"[bold]{result.output}[/] ({result.output_size[1]}x"
+                          f"{result.output_size[0]})", highlight=False)
+    emit_json({"model": model, "outputs": [
+        {"input": str(result.source), "output": str(result.output),
+         "width": result.output_size[1], "height": result.output_size[0]}
+        for result in results]}, json_path)
+
+
+app.command("upscale", epilog=EXAMPLE)(upscale_command)

@@ -1,0 +1,19 @@
+"""Deployment formats: verified ONNX export (float, fp16, and int8 Q/DQ for quantized models)."""
+
+from srcompress.export.onnx import (
+    DEFAULT_ATOL,
+    ExportReport,
+    VerificationFailedError,
+    default_output,
+    export_onnx,
+    parse_input_size,
+)
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "ExportReport",
+    "VerificationFailedError",
+    "default_output",
+    "export_onnx",
+    "parse_input_size",
+]

@@ -1,0 +1,490 @@
+"""ONNX export that is checked against PyTorch before the file is allowed to exist.
+
+Float models go through torch's dynamo exporter (`torch.export`): with symbolic height and width
+it traces the shape arithmetic of window-padded transformers (spandrel's SwinIR pads to a multiple
+of its window and builds its attention masks from the padded size) instead of freezing it, so one
+dynamic file serves every image size. Quantized models take the TorchScript exporter, the one that
+emits Q/DQ pairs (see `srcompress.export.qdq`). The batch axis is fixed at 1: spandrel's window
+transformers turn the batch size into a constant while tracing (`int(windows.shape[0] / ...)`),
+so a dynamic batch would silently compute wrong results for other batch sizes; runners feed one
+image or tile at a time anyway.
+
+fp16 files are converted after export by onnxruntime's own float16 converter with float32 inputs
+and outputs kept, so every consumer feeds the same [0, 1] float32 RGB tensor whatever the
+precision; converting the graph rather than exporting `module.half()` also works for models whose
+eager code mixes dtypes (SwinIR builds its masks in float32).
+
+Every export is verified: the file is written to a temporary name in the target folder, run with
+onnxruntime on a real image (cropped to a size that is not a multiple of 8, and for dynamic files
+at a second size as well) and compared with PyTorch in float32; only then is it renamed into
+place. The default image is the validation photograph shipped in `srcompress/demo/val`; without
+it, a deterministic synthetic texture (gratings, edges and seeded noise) stands in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from srcompress._version import __version__
+from srcompress.errors import UserInputError, WorkFailedError
+from srcompress.files import atomic_path
+from srcompress.models import LoadedModel
+
+DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-3}
+# Verification crops are at most this large: big enough to cover real receptive fields and
+# window padding, small enough that a full-size teacher verifies in seconds on a CPU.
+_VERIFY_HEIGHT, _VERIFY_WIDTH = 90, 70
+_SMALLEST_VERIFY_SIDE = 24
+_TORCHSCRIPT_OPSET = 17
+_DEMO_FOLDER = Path(__file__).resolve().parents[1] / "demo"
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass
+class ExportReport:
+    """What an export produced and how well onnxruntime reproduced PyTorch (`--json` schema)."""
+
+    output: str
+    architecture: str
+    scale: int
+    precision: str
+    opset: int
+    dynamic: bool
+    input_shape: list[int | str]
+    verified: bool
+    max_abs_diff: float | None
+    atol: float
+    verification_provider: str | None
+    verification_image: str
+    verification_sizes: list[list[int]]
+    not_verified_reason: str | None = None
+    export_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    file_bytes: int = 0
+    qdq_nodes: dict[str, int] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class VerificationFailedError(WorkFailedError):
+    """onnxruntime's output is further from PyTorch's than `atol`; nothing was written."""
+
+    def __init__(self, message: str, report: ExportReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None,
+                dynamic: bool = True, input_size: tuple[int, int] | None = None,
+                fp16: bool = False, force: bool = False, atol: float | None = None,
+                verify_image: str | Path | None = None,
+                progress: ProgressCallback | None = None) -> ExportReport:
+    """Export `model` to `output` (.onnx) and verify it with onnxruntime against PyTorch.
+
+    `atol` defaults by precision (1e-4 fp32, 1e-2 fp16, 1e-3 int8). With `dynamic`, height and
+    width are symbolic and `input_size` (h, w) only sets the traced and verified size; static
+    exports need it. Raises UserInputError for bad arguments, an existing output without `force`,
+    an unwritable folder or an architecture that cannot be exported (naming the operator), and
+    VerificationFailedError (a WorkFailedError) when the file does not reproduce PyTorch; in
+    every failure the target path is left as it was.
+    """
+    output = Path(output)
+    notify = progress or (lambda _message: None)
+    quantized = _is_quantized(model)
+    precision = "int8" if quantized else "fp16" if fp16 else "fp32"
+    tolerance = DEFAULT_ATOL[precision] if atol is None else atol
+    _check_arguments(output, opset, dynamic, input_size, fp16, quantized, force, tolerance)
+    image, image_label = _verification_image(verify_image)
+    sizes = _verification_sizes(image, dynamic, input_size)
+    inputs = [_crop_or_resize(image, size)[None] for size in sizes]
+    module = copy.deepcopy(model.module).cpu().float().eval()
+
+    with atomic_path(output) as temporary:
+        notify(f"exporting {model.arch} x{model.scale} to ONNX ({precision})")
+        started = time.perf_counter()
+        if quantized:
+            proto, qdq_nodes = _export_quantized(module, inputs[0], temporary, opset, dynamic,
+                                                 model.arch)
+        else:
+            proto, qdq_nodes = _export_float(module, inputs[0], opset, dynamic, model.arch), None
+        actual_opset = _default_opset(proto)
+        if opset is not None and actual_opset != opset:
+            raise UserInputError(
+                f"--opset {opset} is not available for {model.arch}: torch's exporter produced "
+                f"opset {actual_opset}; use --opset {actual_opset} or leave --opset out.")
+        if dynamic:
+            _check_dynamic(proto, model.arch)
+        if fp16:
+            proto = _to_fp16(proto)
+        metadata = _metadata(model, precision, dynamic, proto)
+        _set_metadata(proto, metadata)
+        onnx.checker.check_model(proto)
+        onnx.save_model(proto, str(temporary))
+        export_seconds = time.perf_counter() - started
+
+        notify(f"verifying with onnxruntime on {image_label} at "
+               + ", ".join(f"{h}x{w}" for h, w in sizes))
+        started = time.perf_counter()
+        references = _torch_outputs(module, inputs)
+        difference, provider, reason = _onnxruntime_difference(temporary, inputs, references,
+                                                               precision)
+        report = ExportReport(
+            output=str(output), architecture=model.arch, scale=model.scale, precision=precision,
+            opset=actual_opset, dynamic=dynamic, input_shape=_input_shape(proto),
+            verified=difference is not None and difference <= tolerance,
+            max_abs_diff=difference, atol=tolerance, verification_provider=provider,
+            verification_image=image_label, verification_sizes=[list(size) for size in sizes],
+            not_verified_reason=reason, export_seconds=round(export_seconds, 3),
+            verify_seconds=round(time.perf_counter() - started, 3),
+            file_bytes=temporary.stat().st_size, qdq_nodes=qdq_nodes,
+            metadata=dict(metadata))
+        if difference is not None and not difference <= tolerance:
+            raise VerificationFailedError(
+                f"Verification failed: onnxruntime ({provider}) differs from PyTorch by up to "
+                f"{difference:.3g} on {image_label}, above --atol {tolerance:g}; {output} was not "
+                "written.", report)
+    return report
+
+
+def default_output(model_path: str | Path, fp16: bool = False) -> Path:
+    """`student.safetensors` → `student.onnx` (or `student-fp16.onnx`), next to the model."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.stem + ("-fp16" if fp16 else "") + ".onnx")
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """`64` or `64x48` (height x width) → (h, w); the `--input-size` syntax."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[x×,]\s*(\d+))?\s*", text)
+    if not match:
+        raise UserInputError(
+            f"--input-size {text!r} is not a size: write HEIGHTxWIDTH (e.g. 64x48) or one number.")
+    height = int(match.group(1))
+    width = int(match.group(2)) if match.group(2) else height
+    if height < 1 or width < 1:
+        raise UserInputError(f"--input-size {text} must be positive.")
+    return height, width
+
+
+def _is_quantized(model: LoadedModel) -> bool:
+    from srcompress.export.qdq import is_quantized_model
+
+    return bool(model.metadata.get("quant")) or is_quantized_model(model.module)
+
+
+def _check_arguments(output: Path, opset: int | None, dynamic: bool,
+                     input_size: tuple[int, int] | None, fp16: bool, quantized: bool,
+                     force: bool, atol: float) -> None:
+    if output.suffix.lower() != ".onnx":
+        raise UserInputError(f"--output {output} must end in .onnx.")
+    if output.is_dir():
+        raise UserInputError(f"--output {output} is a folder: give a file name ending in .onnx.")
+    if output.exists() and not force:
+        raise UserInputError(f"{output} already exists: pass --force to overwrite it.")
+    if not dynamic and input_size is None:
+        raise UserInputError("--static needs --input-size HEIGHTxWIDTH (the LR input size).")
+    if opset is not None and not 7 <= opset <= onnx.defs.onnx_opset_version():
+        raise UserInputError(f"--opset {opset} is not an ONNX opset this installation knows: "
+                             f"use 13 to {onnx.defs.onnx_opset_version()}.")
+    if fp16 and quantized:
+        raise UserInputError("--fp16 does not apply to a quantized model, whose ONNX file holds "
+                             "int8 Q/DQ nodes: drop --fp16.")
+    if not atol >= 0 or math.isinf(atol):
+        raise UserInputError(f"--atol must be a finite number of zero or more, got {atol}.")
+
+
+def _verification_image(path: str | Path | None) -> tuple[Tensor, str]:
+    """The image to verify on, and how the report names it."""
+    from srcompress.data.images import read_image
+
+    if path is not None:
+        image = read_image(path)
+        label = str(path)
+    else:
+        shipped = sorted((_DEMO_FOLDER / "val").glob("*.png")) + sorted(
+            (_DEMO_FOLDER / "train").glob("*.png"))
+        if shipped:
+            image, label = read_image(shipped[0]), f"demo image {shipped[0].name}"
+        else:
+            image, label = synthetic_texture(_VERIFY_HEIGHT, _VERIFY_WIDTH), "synthetic texture"
+    if min(image.shape[-2:]) < _SMALLEST_VERIFY_SIDE:
+        raise UserInputError(
+            f"--verify-image {path} is {image.shape[-2]}x{image.shape[-1]}: verification needs at "
+            f"least {_SMALLEST_VERIFY_SIDE}x{_SMALLEST_VERIFY_SIDE} pixels.")
+    return image, label
+
+
+def synthetic_texture(height: int, width: int) -> Tensor:
+    """A deterministic 3×h×w image with what SR models react to: gratings, edges and noise."""
+    rows = np.arange(height, dtype=np.float64)[:, None]
+    columns = np.arange(width, dtype=np.float64)[None, :]
+    chirp = 0.5 + 0.5 * np.cos(0.0025 * math.pi * (rows**2 + columns**2))
+    stripes = 0.5 + 0.5 * np.sin(2 * math.pi * (0.11 * rows + 0.07 * columns))
+    blocks = ((rows // 9 + columns // 13) % 2).astype(np.float64)
+    noise = np.random.default_rng(0).random((3, height, width))
+    channels = np.stack([chirp, stripes, blocks]) * 0.8 + noise * 0.2
+    return torch.from_numpy(channels.astype(np.float32))
+
+
+def _not_multiple_of_8(side: int) -> int:
+    return side - 1 if side % 8 == 0 else side
+
+
+def _verification_sizes(image: Tensor, dynamic: bool,
+                        input_size: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """One size for a static file; for a dynamic one two different sizes, neither a multiple of 8.
+
+    The first (also the traced one) is a real-image crop whose size is not a multiple of 8, so
+    models that pad to their window are checked on their padding path.
+    """
+    if input_size is not None:
+        first = input_size
+    else:
+        height, width = image.shape[-2:]
+        first = (_not_multiple_of_8(min(height, _VERIFY_HEIGHT)),
+                 _not_multiple_of_8(min(width, _VERIFY_WIDTH)))
+    if not dynamic:
+        return [first]
+    second = (_not_multiple_of_8(max(first[0] - 13, 9)), _not_multiple_of_8(max(first[1] - 22, 9)))
+    if second == first:
+        second = (first[0] + 5, first[1] + 3)
+    return [first, second]
+
+
+def _crop_or_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """A centre crop of `size`, or the image resized to it when it is smaller."""
+    height, width = image.shape[-2:]
+    target_h, target_w = size
+    if target_h <= height and target_w <= width:
+        top, left = (height - target_h) // 2, (width - target_w) // 2
+        return image[:, top:top + target_h, left:left + target_w].contiguous()
+    from srcompress.data.resize import imresize
+
+    return imresize(image, size=(target_h, target_w)).clamp(0, 1)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters log progress, warnings and version-conversion tracebacks; the CLI reports."""
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _export_float(module: nn.Module, sample: Tensor, opset: int | None, dynamic: bool,
+                  arch: str) -> onnx.ModelProto:
+    dynamic_shapes = None
+    if dynamic:
+        dynamic_shapes = ({2: torch.export.Dim("height"), 3: torch.export.Dim("width")},)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module, (sample,), None, dynamo=True, verbose=False, input_names=["input"],
+                output_names=["output"], opset_version=opset, dynamic_shapes=dynamic_shapes,
+                optimize=True)
+    except Exception as error:
+        raise _export_error(error, arch, opset, dynamic) from error
+    assert program is not None
+    return program.model_proto
+
+
+def _export_quantized(module: nn.Module, sample: Tensor, temporary: Path, opset: int | None,
+                      dynamic: bool, arch: str) -> tuple[onnx.ModelProto, dict[str, int]]:
+    from srcompress.export.qdq import QDQ_MIN_OPSET, qdq_export_mode
+
+    opset_version = max(opset or _TORCHSCRIPT_OPSET, QDQ_MIN_OPSET)
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {"input": {2: "height", 3: "width"},
+                        "output": {2: "output_height", 3: "output_width"}}
+    try:
+        with _quiet_exporter(), qdq_export_mode(module) as qdq:
+            torch.onnx.export(module, (sample,), str(temporary), dynamo=False,
+                              input_names=["input"], output_names=["output"],
+                              opset_version=opset_version, dynamic_axes=dynamic_axes)
+    except (UserInputError, WorkFailedError):
+        raise
+    except Exception as error:
+        raise _export_error(error, arch, opset_version, dynamic) from error
+    counts = qdq.finalize(temporary)
+    return onnx.load(str(temporary)), counts
+
+
+def _export_error(error: BaseException, arch: str, opset: int | None,
+                  dynamic: bool) -> UserInputError:
+    """One sentence out of the exporter's multi-page error: the operator, or the first cause."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = "\n".join(str(item) for item in chain)
+    patterns = (r"No ONNX function found for <OpOverload\(op='([\w.]+)'",
+                r"target=torch\.ops\.([\w.]+)",
+                r"[Ee]xporting the operator '?([\w:.]+)'? to ONNX",
+                r"Unsupported: ONNX export of operator ([\w:.]+)")
+    for pattern in patterns:
+        match = re.search(pattern, text)
+        if match:
+            operator = match.group(1).replace("::", ".").removesuffix(".default")
+            opset_text = f"opset {opset}" if opset else "the default opset"
+            return UserInputError(
+                f"{arch} cannot be exported to ONNX: PyTorch has no ONNX conversion for operator "
+                f"{operator} at {opset_text}; replace that operation in the model or try another "
+                "--opset.")
+    if dynamic and re.search(r"[Cc]onstraints? violated|specializ", text):
+        return UserInputError(
+            f"{arch} cannot be exported with dynamic height and width (its code fixes the input "
+            "size while tracing); export it with --static --input-size HEIGHTxWIDTH.")
+    summary = next((line.strip() for item in reversed(chain) for line in str(item).splitlines()
+                    if line.strip() and not line.startswith(("Failed to", "-"))), repr(error))
+    return UserInputError(f"{arch} cannot be exported to ONNX: {summary[:300]}")
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    return next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def _input_shape(proto: onnx.ModelProto) -> list[int | str]:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return [dim.dim_param or dim.dim_value for dim in dims]
+
+
+def _check_dynamic(proto: onnx.ModelProto, arch: str) -> None:
+    shape = _input_shape(proto)
+    if len(shape) != 4 or isinstance(shape[2], int) or isinstance(shape[3], int):
+        raise UserInputError(
+            f"{arch} cannot be exported with dynamic height and width (the exporter fixed the "
+            f"input to {shape}); export it with --static --input-size HEIGHTxWIDTH.")
+
+
+def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Float16 weights and arithmetic behind float32 inputs and outputs.
+
+    onnxruntime's converter appends the float32 input/output casts at the end of the node list;
+    the stable topological sort puts them back in order so the file passes the ONNX checker."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxscript import ir
+
+    with _quiet_exporter():
+        converted = ir.from_proto(convert_float_to_float16(proto, keep_io_types=True))
+    converted.graph.sort()
+    return ir.to_proto(converted)
+
+
+def _metadata(model: LoadedModel, precision: str, dynamic: bool,
+              proto: onnx.ModelProto) -> dict[str, str]:
+    """What a consumer needs to feed the file correctly, plus the checkpoint's own record."""
+    inherited = {key: value if isinstance(value, str) else json.dumps(value)
+                 for key, value in model.metadata.items()
+                 if key not in {"architecture", "settings", "scale", "srcompress_format",
+                                "srcompress_version"}}
+    shape = _input_shape(proto)
+    return {
+        **inherited,
+        "architecture": model.arch,
+        "settings": json.dumps(model.settings, sort_keys=True),
+        "scale": str(model.scale),
+        "input_range": "[0, 1]",
+        "output_range": "[0, 1], not clamped",
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "input_shape": "x".join(str(dim) for dim in shape),
+        "dynamic_axes": "height,width" if dynamic else "none",
+        "precision": precision,
+        "io_dtype": "float32",
+        "srcompress_version": __version__,
+    }
+
+
+def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    existing = {entry.key: entry for entry in proto.metadata_props}
+    for key, value in metadata.items():
+        entry = existing.get(key) or proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (f"srcompress {metadata['architecture']} x{metadata['scale']}: "
+                        "RGB NCHW float32 in [0, 1] → x scale, not clamped")
+
+
+def _torch_outputs(module: nn.Module, inputs: list[Tensor]) -> list[np.ndarray]:
+    """PyTorch float32 on CPU, on copies (some models modify their input in place)."""
+    with torch.inference_mode():
+        return [module(batch.clone()).float().numpy() for batch in inputs]
+
+
+def _providers_for(precision: str) -> list[str]:
+    """CPU for float32 and int8 (the reference provider); a GPU first for fp16 when present."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if precision == "fp16" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _onnxruntime_difference(path: Path, inputs: list[Tensor], references: list[np.ndarray],
+                            precision: str) -> tuple[float | None, str | None, str | None]:
+    """Max |onnxruntime - PyTorch| over all inputs, the provider used, or why it was not run.
+
+    An fp16 graph that no available provider can load is reported as not verified rather than
+    failed; any other load or run error is a failed export.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=_providers_for(precision))
+    except Exception as error:
+        if precision == "fp16" and "NOT_IMPLEMENTED" in str(error):
+            return None, None, ("no available onnxruntime provider runs this fp16 graph "
+                                f"({str(error).splitlines()[0][:200]})")
+        raise WorkFailedError(
+            f"onnxruntime cannot load the exported model ({str(error).splitlines()[0][:300]}); "
+            "nothing was written.") from error
+    provider = session.get_providers()[0]
+    input_name = session.get_inputs()[0].name
+    worst = 0.0
+    for batch, reference in zip(inputs, references, strict=True):
+        try:
+            result = session.run(None, {input_name: batch.numpy()})[0]
+        except Exception as error:
+            size = "x".join(map(str, batch.shape[-2:]))
+            raise WorkFailedError(
+                f"onnxruntime fails to run the exported model on a {size} input "
+                f"({str(error).splitlines()[0][:300]}); nothing was written.") from error
+        if result.shape != reference.shape:
+            raise WorkFailedError(
+                f"the exported model turns a {batch.shape[-2]}x{batch.shape[-1]} input into "
+                f"{tuple(result.shape)} where PyTorch gives {tuple(reference.shape)}; nothing "
+                "was written.")
+        worst = max(worst, float(np.abs(result.astype(np.float64) - reference).max()))
+    return worst, provider, None

@@ -1,0 +1,339 @@
+"""Running any MODEL kind on an image: checkpoints, `bicubic`, and (from the export work) ONNX.
+
+A runner maps a `1×3×h×w` LR tensor in [0, 1] to its `1×3×sh×sw` SR tensor (not clamped), and
+knows its `scale` and display `name`. Runners of networks share the same machinery for large
+images: tiles with an overlapping margin (`tile_pad`) of which only the un-padded centre is kept,
+so a margin that covers the network's receptive field gives the same result as the whole image;
+on CUDA out-of-memory the tile is halved and the image retried. Self-ensemble (x8) averages the
+network over the four rotations with and without a flip, each mapped back.
+
+`make_runner` turns a MODEL argument into a runner. File kinds other than checkpoints register a
+factory in `FILE_RUNNERS` by suffix (the ONNX runner adds `.onnx` there).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from srcompress.data.images import list_images, read_image, write_image
+from srcompress.data.resize import imresize
+from srcompress.errors import UserInputError, WorkFailedError
+
+_SMALLEST_TILE = 16
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Anything that super-resolves `1×3×h×w` [0, 1] tensors by an integer `scale`."""
+
+    scale: int
+    name: str
+
+    def __call__(self, lr: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How to run a MODEL: what `make_runner` hands to every runner factory."""
+
+    scale: int | None = None
+    device: str = "auto"
+    fp16: bool = False
+    tile: int | None = None
+    tile_pad: int = 10
+    self_ensemble: bool = False
+    arch: str | None = None
+
+
+def resolve_device(requested: str | torch.device) -> torch.device:
+    """`auto` → CUDA when present, else CPU; a CUDA device on a machine without one is refused."""
+    if isinstance(requested, torch.device):
+        return requested
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserInputError(
+            f"--device {requested} is not a device: use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(
+            f"--device {requested} asks for CUDA, which this machine does not have: "
+            "use --device cpu.")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserInputError(f"--device {requested} is not supported: use auto, cpu or cuda.")
+    return device
+
+
+def _ensemble_transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
+    """The eight (transform, inverse) pairs of the dihedral group on the image plane."""
+    pairs = []
+    for turns in range(4):
+        for flip in (False, True):
+            def forward(x: Tensor, turns: int = turns, flip: bool = flip) -> Tensor:
+                x = x.flip(-1) if flip else x
+                return torch.rot90(x, turns, dims=(-2, -1))
+
+            def inverse(y: Tensor, turns: int = turns, flip: bool = flip) -> Tensor:
+                y = torch.rot90(y, -turns, dims=(-2, -1))
+                return y.flip(-1) if flip else y
+
+            pairs.append((forward, inverse))
+    return pairs
+
+
+class NetworkRunner:
+    """Tiling, out-of-memory retries and self-ensemble around a network's `_forward`.
+
+    Subclasses implement `_forward(lr)` for a whole (or tile-sized) input on the runner's device.
+    """
+
+    def __init__(self, scale: int, name: str, device: torch.device, tile: int | None = None,
+                 tile_pad: int = 10, self_ensemble: bool = False) -> None:
+        if tile is not None and tile < 1:
+            raise UserInputError(f"--tile must be a positive number of pixels, got {tile}.")
+        if tile_pad < 0:
+            raise UserInputError(f"--tile-pad must be zero or more pixels, got {tile_pad}.")
+        self.scale = scale
+        self.name = name
+        self.device = device
+        self.tile = tile
+        self.tile_pad = tile_pad
+        self.self_ensemble = self_ensemble
+
+    def _forward(self, lr: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, lr: Tensor) -> Tensor:
+        if lr.dim() != 4 or lr.shape[1] != 3:
+            raise UserInputError(
+                f"{self.name} expects a B×3×h×w image tensor, got shape {tuple(lr.shape)}.")
+        lr = lr.to(self.device, torch.float32)
+        if not self.self_ensemble:
+            return self._run_with_retries(lr)
+        total = None
+        for forward, inverse in _ensemble_transforms():
+            output = inverse(self._run_with_retries(forward(lr)))
+            total = output if total is None else total + output
+        return total / 8
+
+    def _run_with_retries(self, lr: Tensor) -> Tensor:
+        tile = self.tile
+        while True:
+            try:
+                output = self._run_tiled(lr, tile) if tile else self._forward(lr)
+                break
+            except torch.OutOfMemoryError:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                tile = (tile or max(lr.shape[-2:])) // 2
+                if tile < _SMALLEST_TILE:
+                    raise WorkFailedError(
+                        f"{self.name} runs out of memory on {self.device} even with "
+                        f"{_SMALLEST_TILE}-pixel tiles; use a smaller model or --device cpu."
+                    ) from None
+        # Later images of the same run start from the tile size that worked.
+        self.tile = tile
+        expected = (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
+        if tuple(output.shape[-2:]) != expected or output.shape[:2] != lr.shape[:2]:
+            raise UserInputError(
+                f"{self.name} turned a {lr.shape[-2]}x{lr.shape[-1]} input into "
+                f"{tuple(output.shape)}, not x{self.scale}: check --scale and the model.")
+        return output
+
+    def _run_tiled(self, lr: Tensor, tile: int) -> Tensor:
+        """Run tile by tile; each tile sees `tile_pad` extra pixels of context on every side."""
+        batch, channels, height, width = lr.shape
+        scale, pad = self.scale, self.tile_pad
+        output = lr.new_zeros(batch, channels, height * scale, width * scale)
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                bottom, right = min(top + tile, height), min(left + tile, width)
+                context_top, context_left = max(top - pad, 0), max(left - pad, 0)
+                context = lr[..., context_top:min(bottom + pad, height),
+                             context_left:min(right + pad, width)]
+                result = self._forward(context)
+                row, column = (top - context_top) * scale, (left - context_left) * scale
+                output[..., top * scale:bottom * scale, left * scale:right * scale] = result[
+                    ..., row:row + (bottom - top) * scale, column:column + (right - left) * scale]
+        return output
+
+
+class TorchRunner(NetworkRunner):
+    """A PyTorch module ([0, 1] RGB in and out) in eval mode under inference mode.
+
+    The module's own training/eval mode is restored after every call, so a training loop can
+    validate its live student without side effects.
+    """
+
+    def __init__(self, module: nn.Module, scale: int, device: str | torch.device = "auto",
+                 fp16: bool = False, tile: int | None = None, tile_pad: int = 10,
+                 self_ensemble: bool = False, name: str | None = None) -> None:
+        resolved = resolve_device(device)
+        if fp16 and resolved.type != "cuda":
+            raise UserInputError("--fp16 needs a CUDA device; drop it or use --device cuda.")
+        super().__init__(scale, name or type(module).__name__, resolved, tile, tile_pad,
+                         self_ensemble)
+        self.module = module.to(resolved)
+        self.fp16 = fp16
+        if fp16:
+            self.module.half()
+        self._channels_last = resolved.type == "cuda"
+        if self._channels_last:
+            self.module.to(memory_format=torch.channels_last)
+
+    def __call__(self, lr: Tensor) -> Tensor:
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.inference_mode():
+                return super().__call__(lr)
+        finally:
+            self.module.train(was_training)
+
+    def _forward(self, lr: Tensor) -> Tensor:
+        if self.fp16:
+            lr = lr.half()
+        if self._channels_last:
+            lr = lr.contiguous(memory_format=torch.channels_last)
+        return self.module(lr).float()
+
+
+class BicubicRunner:
+    """The baseline: MATLAB-style bicubic upscaling by our `imresize`."""
+
+    name = "bicubic"
+
+    def __init__(self, scale: int, device: str | torch.device = "cpu") -> None:
+        self.scale = scale
+        self.device = resolve_device(device)
+
+    def __call__(self, lr: Tensor) -> Tensor:
+        return imresize(lr.to(self.device, torch.float32), scale=self.scale)
+
+
+FileRunnerFactory = Callable[[Path, RunnerOptions], Runner]
+FILE_RUNNERS: dict[str, FileRunnerFactory] = {}
+
+
+def _checked_scale(model_scale: int, options: RunnerOptions, label: str) -> int:
+    if options.scale is not None and options.scale != model_scale:
+        raise UserInputError(
+            f"{label} upscales x{model_scale} but --scale is {options.scale}: drop --scale or "
+            f"use a x{options.scale} model.")
+    return model_scale
+
+
+def _torch_runner(module: nn.Module, scale: int, options: RunnerOptions, name: str) -> TorchRunner:
+    return TorchRunner(module, scale, options.device, fp16=options.fp16, tile=options.tile,
+                       tile_pad=options.tile_pad, self_ensemble=options.self_ensemble, name=name)
+
+
+def make_runner(model: object, scale: int | None = None, device: str = "auto", fp16: bool = False,
+                tile: int | None = None, tile_pad: int = 10, self_ensemble: bool = False,
+                arch: str | None = None) -> Runner:
+    """A runner for any MODEL: `bicubic`, a model file, a `LoadedModel`, a module or a runner.
+
+    A plain `nn.Module` needs `scale` unless it has an integer `scale` attribute; for model files
+    `scale`, when given, must match the model's.
+    """
+    options = RunnerOptions(scale, device, fp16, tile, tile_pad, self_ensemble, arch)
+    return _make_runner(model, options)
+
+
+def _make_runner(model: object, options: RunnerOptions) -> Runner:
+    from srcompress.models import LoadedModel, load_model
+
+    if isinstance(model, Runner) and not isinstance(model, nn.Module):
+        return model
+    if isinstance(model, LoadedModel):
+        scale = _checked_scale(model.scale, options, model.source or model.arch)
+        return _torch_runner(model.module, scale, options, model.source or model.arch)
+    if isinstance(model, nn.Module):
+        scale = options.scale if options.scale is not None else getattr(model, "scale", None)
+        if not isinstance(scale, int):
+            raise UserInputError(f"The scale of the {type(model).__name__} model is unknown: "
+                                 "pass scale.")
+        return _torch_runner(model, scale, options, type(model).__name__)
+    if not isinstance(model, str | os.PathLike):
+        raise UserInputError(f"Cannot run a {type(model).__name__} as a model.")
+    text = os.fspath(model)
+    if text.lower() == "bicubic":
+        if options.scale is None:
+            raise UserInputError("The bicubic baseline needs a scale: pass --scale.")
+        if options.scale < 1:
+            raise UserInputError(f"--scale must be a positive integer, got {options.scale}.")
+        return BicubicRunner(options.scale, options.device)
+    path = Path(text)
+    factory = FILE_RUNNERS.get(path.suffix.lower())
+    if factory is not None:
+        if not path.is_file():
+            raise UserInputError(f"Model file {path} does not exist.")
+        return factory(path, options)
+    loaded = load_model(path, arch=options.arch, device=resolve_device(options.device))
+    scale = _checked_scale(loaded.scale, options, str(path))
+    return _torch_runner(loaded.module, scale, options, str(path))
+
+
+@dataclass(frozen=True)
+class UpscaledImage:
+    source: Path
+    output: Path
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+
+
+def _collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Every image named by `inputs` (files, or folders of images), checked before any work."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(list_images(path))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserInputError(f"Input {path} does not exist.")
+    if not files:
+        raise UserInputError("No input images: name image files or folders.")
+    return files
+
+
+def upscale(model: object, inputs: Sequence[str | os.PathLike[str]],
+            output: str | os.PathLike[str], scale: int | None = None, device: str = "auto",
+            fp16: bool = False, tile: int | None = None, tile_pad: int = 10,
+            self_ensemble: bool = False, arch: str | None = None,
+            progress: Callable[[int, int], None] | None = None) -> list[UpscaledImage]:
+    """Super-resolve image files and folders into `output/<stem>_x<s>.png`.
+
+    The `_x<s>` suffix keeps outputs from ever replacing their inputs when `output` is the input
+    folder. Each result is written atomically as soon as it is ready, so a failure on a later
+    image keeps the earlier ones.
+    """
+    files = _collect_inputs(inputs)
+    runner = make_runner(model, scale=scale, device=device, fp16=fp16, tile=tile,
+                         tile_pad=tile_pad, self_ensemble=self_ensemble, arch=arch)
+    folder = Path(output)
+    targets = [folder / f"{path.stem}_x{runner.scale}.png" for path in files]
+    clashes = sorted({target.name for target in targets if targets.count(target) > 1})
+    if clashes:
+        raise UserInputError(
+            f"Several inputs would be written to the same output ({', '.join(clashes)}): "
+            "upscale them into separate -o folders.")
+    done = []
+    for index, (path, target) in enumerate(zip(files, targets, strict=True)):
+        lr = read_image(path)
+        sr = runner(lr[None])[0]
+        write_image(target, sr)
+        done.append(UpscaledImage(path, target, (lr.shape[1], lr.shape[2]),
+                                  (sr.shape[1], sr.shape[2])))
+        if progress:
+            progress(index + 1, len(files))
+    return done
