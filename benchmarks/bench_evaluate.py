@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from srcompress.evaluation import evaluate
+from srcompress.inference import resolve_device
 from srcompress.models import build_model
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
@@ -60,7 +61,7 @@ def main() -> None:
         label = f"{args.spec} (x{args.scale})"
     else:
         model, label = args.model, args.model
-    print(f"{args.benchmark} x{args.scale} on {args.device}, torch threads "
+    print(f"{args.benchmark} x{args.scale} on {resolve_device(args.device)}, torch threads "
           f"{torch.get_num_threads()}")
     measure(model, label, args, tile=None)
     measure(model, label, args, tile=args.tile)

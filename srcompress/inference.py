@@ -8,7 +8,8 @@ on CUDA out-of-memory the tile is halved and the image retried. Self-ensemble (x
 network over the four rotations with and without a flip, each mapped back.
 
 `make_runner` turns a MODEL argument into a runner. File kinds other than checkpoints register a
-factory in `FILE_RUNNERS` by suffix (the ONNX runner adds `.onnx` there).
+factory in `FILE_RUNNERS` by suffix (the ONNX runner adds `.onnx` there; a `NetworkRunner`
+subclass gets tiling and self-ensemble for free). `upscale` runs one over image files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -170,12 +172,14 @@ class TorchRunner(NetworkRunner):
     """A PyTorch module ([0, 1] RGB in and out) in eval mode under inference mode.
 
     The module's own training/eval mode is restored after every call, so a training loop can
-    validate its live student without side effects.
+    validate its live student without side effects. `fp16` and `channels_last` (CUDA only)
+    convert the module in place, so they are for modules the runner owns (loaded from a file).
     """
 
     def __init__(self, module: nn.Module, scale: int, device: str | torch.device = "auto",
                  fp16: bool = False, tile: int | None = None, tile_pad: int = 10,
-                 self_ensemble: bool = False, name: str | None = None) -> None:
+                 self_ensemble: bool = False, name: str | None = None,
+                 channels_last: bool = False) -> None:
         resolved = resolve_device(device)
         if fp16 and resolved.type != "cuda":
             raise UserInputError("--fp16 needs a CUDA device; drop it or use --device cuda.")
@@ -185,7 +189,7 @@ class TorchRunner(NetworkRunner):
         self.fp16 = fp16
         if fp16:
             self.module.half()
-        self._channels_last = resolved.type == "cuda"
+        self._channels_last = channels_last and resolved.type == "cuda"
         if self._channels_last:
             self.module.to(memory_format=torch.channels_last)
 
@@ -231,9 +235,11 @@ def _checked_scale(model_scale: int, options: RunnerOptions, label: str) -> int:
     return model_scale
 
 
-def _torch_runner(module: nn.Module, scale: int, options: RunnerOptions, name: str) -> TorchRunner:
+def _torch_runner(module: nn.Module, scale: int, options: RunnerOptions, name: str,
+                  owned: bool = False) -> TorchRunner:
     return TorchRunner(module, scale, options.device, fp16=options.fp16, tile=options.tile,
-                       tile_pad=options.tile_pad, self_ensemble=options.self_ensemble, name=name)
+                       tile_pad=options.tile_pad, self_ensemble=options.self_ensemble, name=name,
+                       channels_last=owned)
 
 
 def make_runner(model: object, scale: int | None = None, device: str = "auto", fp16: bool = False,
@@ -279,7 +285,7 @@ def _make_runner(model: object, options: RunnerOptions) -> Runner:
         return factory(path, options)
     loaded = load_model(path, arch=options.arch, device=resolve_device(options.device))
     scale = _checked_scale(loaded.scale, options, str(path))
-    return _torch_runner(loaded.module, scale, options, str(path))
+    return _torch_runner(loaded.module, scale, options, str(path), owned=True)
 
 
 @dataclass(frozen=True)
@@ -337,3 +343,150 @@ def upscale(model: object, inputs: Sequence[str | os.PathLike[str]],
         if progress:
             progress(index + 1, len(files))
     return done
+
+
+# ONNX Runtime ------------------------------------------------------------------------------------
+
+
+def onnx_providers(device: str) -> list[str | tuple[str, dict[str, object]]]:
+    """onnxruntime providers for `--device`: TensorRT, then CUDA, then CPU for `auto`/`cuda[:N]`.
+
+    What counts is what the installed onnxruntime offers (onnxruntime-gpu brings CUDA and
+    TensorRT), not what PyTorch sees; the CPU provider always closes the list as the fallback
+    for nodes a GPU provider does not take.
+    """
+    import onnxruntime
+
+    available = set(onnxruntime.get_available_providers())
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    index = 0
+    if device.startswith("cuda:"):
+        suffix = device.removeprefix("cuda:")
+        if not suffix.isdigit():
+            raise UserInputError(
+                f"--device {device} is not a device: use auto, cpu, cuda or cuda:N.")
+        index = int(suffix)
+    elif device not in ("auto", "cuda"):
+        raise UserInputError(
+            f"--device {device} is not a device for ONNX models: use auto, cpu, cuda or cuda:N.")
+    gpu: list[str | tuple[str, dict[str, object]]] = [
+        (name, {"device_id": index})
+        for name in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if name in available]
+    if not gpu and device != "auto":
+        raise UserInputError(
+            f"--device {device} asks for a GPU, but this onnxruntime has no CUDA or TensorRT "
+            "provider: install onnxruntime-gpu or use --device cpu.")
+    return [*gpu, "CPUExecutionProvider"]
+
+
+class OnnxRunner(NetworkRunner):
+    """An exported `.onnx` file run by onnxruntime, with the same tiling and self-ensemble.
+
+    The scale comes from the file's `scale` metadata (written by `srcompress export`), or for
+    other files from one probe run. Files with a fixed batch of 1 (srcompress's) get one image or
+    tile per call. A file with a static input size gets tiles that fit it, each padded by edge
+    replication to that size and its output cropped back.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], device: str = "auto", tile: int | None = None,
+                 tile_pad: int = 10, self_ensemble: bool = False) -> None:
+        import onnxruntime
+
+        path = Path(path)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options,
+                                                        providers=onnx_providers(device))
+        except UserInputError:
+            raise
+        except Exception as error:
+            raise UserInputError(f"{path} is not a loadable ONNX model "
+                                 f"({str(error).splitlines()[0][:300]}).") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
+            shapes = [model_input.shape for model_input in inputs]
+            raise UserInputError(f"{path} is not an image model: it takes inputs {shapes}, not "
+                                 "one N×3×H×W image.")
+        self.input_name = inputs[0].name
+        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        batch, _, height, width = inputs[0].shape
+        self.one_per_call = batch == 1
+        self.static_size = (height, width) if isinstance(height, int) and isinstance(
+            width, int) else None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.name = str(path)
+        super().__init__(self._read_scale(path), self.name, torch.device("cpu"), tile, tile_pad,
+                         self_ensemble)
+        self.provider = self.session.get_providers()[0]
+        if self.static_size is not None:
+            self._fit_tiles_to_static_size(path)
+
+    def _read_scale(self, path: Path) -> int:
+        text = self.metadata.get("scale")
+        if text is not None:
+            if not text.isdigit() or int(text) < 1:
+                raise UserInputError(f"{path} has an invalid scale '{text}' in its metadata.")
+            return int(text)
+        height, width = self.static_size or (16, 16)
+        probe = np.zeros((1, 3, height, width), self.input_dtype)
+        output = self._run_session(probe)
+        scale, remainder = divmod(output.shape[-2], height)
+        if remainder or scale < 1 or output.shape[-1] != scale * width:
+            raise UserInputError(f"{path} turns a {height}x{width} input into "
+                                 f"{output.shape[-2]}x{output.shape[-1]}, not an integer upscale.")
+        return scale
+
+    def _fit_tiles_to_static_size(self, path: Path) -> None:
+        assert self.static_size is not None
+        side = min(self.static_size)
+        if self.tile is None:
+            if side <= 2 * self.tile_pad:
+                self.tile_pad = 0
+            self.tile = side - 2 * self.tile_pad
+        elif self.tile + 2 * self.tile_pad > side:
+            raise UserInputError(
+                f"{path} takes {self.static_size[0]}x{self.static_size[1]} inputs only: --tile "
+                f"{self.tile} plus twice --tile-pad {self.tile_pad} must not exceed {side}.")
+
+    def _run_session(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run(None, {self.input_name: batch})[0]
+        except Exception as error:
+            raise WorkFailedError(
+                f"onnxruntime failed to run {self.name} on a {batch.shape[-2]}x{batch.shape[-1]} "
+                f"input ({str(error).splitlines()[0][:300]}).") from None
+
+    def _forward(self, lr: Tensor) -> Tensor:
+        images = lr.split(1) if self.one_per_call else [lr]
+        return torch.cat([self._forward_batch(image) for image in images])
+
+    def _forward_batch(self, lr: Tensor) -> Tensor:
+        height, width = lr.shape[-2:]
+        if self.static_size is not None and (height, width) != self.static_size:
+            bottom, right = self.static_size[0] - height, self.static_size[1] - width
+            if bottom < 0 or right < 0:
+                raise UserInputError(
+                    f"{self.name} takes {self.static_size[0]}x{self.static_size[1]} inputs only; "
+                    f"a {height}x{width} tile does not fit: use a smaller --tile.")
+            lr = torch.nn.functional.pad(lr, (0, right, 0, bottom), mode="replicate")
+        output = self._run_session(lr.detach().cpu().numpy().astype(self.input_dtype))
+        result = torch.from_numpy(output.astype(np.float32))
+        return result[..., :height * self.scale, :width * self.scale]
+
+
+def _onnx_runner(path: Path, options: RunnerOptions) -> OnnxRunner:
+    if options.fp16:
+        raise UserInputError(
+            f"--fp16 does not apply to {path}: an ONNX file's precision is fixed when it is "
+            "exported (srcompress export MODEL --onnx --fp16).")
+    if options.arch is not None:
+        raise UserInputError(f"--arch does not apply to {path}: ONNX files hold their graph.")
+    runner = OnnxRunner(path, options.device, options.tile, options.tile_pad,
+                        options.self_ensemble)
+    _checked_scale(runner.scale, options, str(path))
+    return runner
+
+
+FILE_RUNNERS[".onnx"] = _onnx_runner

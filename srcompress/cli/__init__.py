@@ -47,7 +47,9 @@ def _global_options(
 from srcompress.cli import datasets as _datasets  # noqa: E402, F401
 from srcompress.cli import distill as _distill  # noqa: E402, F401
 from srcompress.cli import evaluate as _evaluate  # noqa: E402, F401
+from srcompress.cli import export as _export  # noqa: E402, F401
 from srcompress.cli import info as _info  # noqa: E402, F401  (commands register on `app`)
+from srcompress.cli import quantize as _quantize  # noqa: E402, F401
 from srcompress.cli import upscale as _upscale  # noqa: E402, F401
 
 

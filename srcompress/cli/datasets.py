@@ -45,8 +45,9 @@ def fetch_command(
 ) -> None:
     """Download a benchmark's public archive, verify it, and install it safely.
 
-    Nothing is unpacked before the checksum matches; entries that would land outside the target
-    folder are refused; the set appears under the data root only when complete.
+    Nothing is unpacked before the checksum matches.
+    Entries that would land outside the target folder are refused.
+    The set appears under the data root only when complete.
     """
     shown = console if human_output(json_path) else error_console
     with Progress(TextColumn(f"[bold]{name}"), BarColumn(), DownloadColumn(),

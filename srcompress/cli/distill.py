@@ -20,6 +20,7 @@ from srcompress.cli.common import JSON_OPTION, console, emit_json, error_console
 from srcompress.errors import UserInputError
 from srcompress.methods import METHODS, method_options
 from srcompress.train.distill import DistillResult, distill
+from srcompress.train.distributed import from_environment
 from srcompress.train.progress import RichReporter
 
 EXAMPLE = """Examples:
@@ -134,10 +135,10 @@ def distill_command(
         method_options=chosen_options or None, data_root=data_root, val_every=val_every,
         schedule=schedule, milestones=_fractions(milestones), gamma=gamma, grad_clip=grad_clip,
         log_every=log_every, config=config, reporter=reporter)
-    report = _report(result)
-    if human_output(json_path):
-        _print(result)
-    emit_json(report, json_path)
+    if from_environment().is_main:  # under torchrun, rank 0 speaks for the run
+        if human_output(json_path):
+            _print(result)
+        emit_json(_report(result), json_path)
     if not result.completed:
         raise typer.Exit(130)
 

@@ -55,9 +55,9 @@ def evaluate_command(
 ) -> None:
     """Measure PSNR/SSIM of MODEL on benchmarks with the field's exact protocol.
 
-    Ground truth cropped to a multiple of the scale, the benchmark's MATLAB-made LR images when
-    present (else MATLAB-style bicubic), output rounded to 8 bits, border of `scale` pixels
-    ignored, BT.601 luma.
+    Ground truth is cropped to a multiple of the scale.
+    LR inputs are the benchmark's MATLAB-made files, else MATLAB-style bicubic.
+    The output is rounded to 8 bits; a border of `scale` pixels is ignored; BT.601 luma.
     """
     shown = console if human_output(json_path) else error_console
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

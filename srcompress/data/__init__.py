@@ -1,0 +1,1 @@
+"""Images, MATLAB-compatible resizing, benchmark sets and training data."""

@@ -165,10 +165,8 @@ def read_benchmark_folder(folder: Path, scale: int, name: str | None = None) -> 
     return benchmark
 
 
-def _search_folders(entry_or_name: BenchmarkEntry | str, data_root: Path) -> list[Path]:
-    spellings = (entry_or_name.spellings() if isinstance(entry_or_name, BenchmarkEntry)
-                 else (entry_or_name,))
-    return list(dict.fromkeys(data_root / spelling for spelling in spellings))
+def _search_folders(entry: BenchmarkEntry, data_root: Path) -> list[Path]:
+    return list(dict.fromkeys(data_root / spelling for spelling in entry.spellings()))
 
 
 def find_benchmark(name_or_path: str | os.PathLike[str], data_root: str | os.PathLike[str] | None,

@@ -85,6 +85,8 @@ def _checked(method: str, key: str, value: Any, kind: type,
 
 
 def _converted(value: Any, kind: type) -> Any:
+    if kind is str:  # module names keep their case
+        return value.strip() if isinstance(value, str) else None
     if isinstance(value, str):
         text = value.strip().lower()
         if kind is bool:

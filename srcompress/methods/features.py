@@ -13,8 +13,9 @@ child of the stack in the original EDSR/RCAN layouts), else its last block. For 
 groups that is groups 3 and 7 and the body tail; for EDSR with 16 blocks, blocks 5 and 11 and the
 tail; for SwinIR, each third of its residual Swin layers, ending at its tail conv. The body is
 found without knowing the architecture: the `nn.Sequential`/`nn.ModuleList` with the most
-parameters whose children are mostly one block type, repeated at least three times (stacks of
-composite blocks first; this finds ESRGAN's RRDB trunk, ending at its trunk conv). The option
+parameters whose children are mostly one block type (stacks of composite blocks first, then
+stacks of at least three single layers; this finds ESRGAN's RRDB trunk, ending at its trunk
+conv). The option
 `feature_layers` (`--feature-layers`) overrides the positions by module name.
 
 Token-shaped outputs (B×L×C, from transformer layers called as `layer(x, (H, W))`) are turned into
@@ -70,10 +71,10 @@ def find_body(model: nn.Module) -> tuple[str, list[str]] | None:
         if not kinds:
             continue
         kind, count = kinds.most_common(1)[0]
-        if count < 3 or 2 * count < len(children):
-            continue
         blocks = [f"{name}.{child_name}" for child_name, child in children if type(child) is kind]
         composite = any(True for _ in next(c for _, c in children if type(c) is kind).children())
+        if count < (1 if composite else 3) or 2 * count < len(children):
+            continue
         score = (composite, _parameter_count(module))
         if best is None or score > best[0]:
             best = (score, name, blocks)

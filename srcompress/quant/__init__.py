@@ -10,14 +10,17 @@ from srcompress.quant.fakequant import (
     quantize_modules,
     restore_quantization,
 )
+from srcompress.quant.qat import QuantizeResult, quantize
 
 __all__ = [
     "QuantConv2d",
     "QuantizationReport",
+    "QuantizeResult",
     "calibrate",
     "check_bits",
     "fake_quantize",
     "is_quantized",
+    "quantize",
     "quantize_modules",
     "restore_quantization",
 ]

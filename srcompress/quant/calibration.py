@@ -78,7 +78,8 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
                           saved[name][1], signed)
         with torch.no_grad():
             layer.act_signed.fill_(signed)
-            layer.act_clip.fill_(clip)
+            layer.act_unit.fill_(clip)
+            layer.act_clip.fill_(1.0)
         chosen[name] = clip
     return chosen
 

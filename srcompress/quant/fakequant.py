@@ -9,8 +9,8 @@ zero, and the clipping value receives the LSQ-style gradient, so training moves 
 
 `QuantConv2d` subclasses `nn.Conv2d` and keeps the original `weight` and `bias` parameters, so a
 quantised model's state dict has the float model's keys plus the quantisation parameters
-(`weight_clip`, `act_clip`, `act_signed`) and can be rebuilt from the float architecture and the
-list of quantised layers (`apply_from_metadata`).
+(`weight_clip`, `act_clip`, `act_unit`, `act_signed`) and can be rebuilt from the float
+architecture and the list of quantised layers (`restore_quantization`).
 """
 
 from __future__ import annotations
@@ -60,15 +60,22 @@ def _round_ste(values: Tensor) -> Tensor:
     return values + (values.round() - values).detach()
 
 
-def fake_quantize(values: Tensor, clip: Tensor, bits: int, signed: bool) -> Tensor:
+def fake_quantize(values: Tensor, clip: Tensor, bits: int, signed: bool | Tensor) -> Tensor:
     """Clip to [-clip, clip] (or [0, clip]), round to the b-bit grid, return float values.
 
     `clip` broadcasts against `values` (a scalar per tensor or one value per output channel).
+    `signed` may be a bool tensor, so a layer's forward never reads a value back to the host (no
+    device sync per layer, and shapes still flow on the meta device).
     Gradients: d/dvalues is 1 inside the range and 0 outside; d/dclip is (round(v) - v)/levels
     inside and ±1 outside, i.e. the LSQ/PAMS gradient that lets training move the range.
     """
-    levels = level_count(bits, signed)
-    lower = -clip if signed else torch.zeros_like(clip)
+    if isinstance(signed, Tensor):
+        levels: Tensor | int = torch.where(signed, float(level_count(bits, True)),
+                                           float(level_count(bits, False))).to(clip.dtype)
+        lower = torch.where(signed, -clip, torch.zeros_like(clip))
+    else:
+        levels = level_count(bits, signed)
+        lower = -clip if signed else torch.zeros_like(clip)
     clipped = torch.maximum(torch.minimum(values, clip), lower)
     step = clip / levels
     return _round_ste(clipped / step) * step
@@ -88,9 +95,13 @@ class QuantConv2d(nn.Conv2d):
         self.w_bits = check_bits(w_bits, "--w-bits")
         self.a_bits = check_bits(a_bits, "--a-bits")
         self.weight_clip = nn.Parameter(initial_weight_clip(conv.weight.detach(), w_bits))
-        # Set by `calibrate` from real activations; 1.0 only until then.
+        # The activation clip is `act_clip * act_unit`: `calibrate` sets the unit to the measured
+        # range and the learned factor to 1, so one learning rate suits every layer (SR
+        # activations range from ~1 to hundreds) and Adam's steps are relative changes.
         self.act_clip = nn.Parameter(torch.ones((), device=conv.weight.device,
                                                 dtype=conv.weight.dtype))
+        self.register_buffer("act_unit", torch.ones((), device=conv.weight.device,
+                                                    dtype=conv.weight.dtype))
         self.register_buffer("act_signed", torch.ones((), dtype=torch.bool,
                                                       device=conv.weight.device))
         # Switched on by `srcompress.export.qdq.qdq_export_mode` while tracing for ONNX.
@@ -105,14 +116,13 @@ class QuantConv2d(nn.Conv2d):
         return self.weight_clip.abs().clamp_min(1e-8).view(-1, 1, 1, 1)
 
     def _act_clip(self) -> Tensor:
-        return self.act_clip.abs().clamp_min(1e-8)
+        return (self.act_clip.abs() * self.act_unit).clamp_min(1e-8)
 
     def quantized_weight(self) -> Tensor:
         return fake_quantize(self.weight, self._weight_clip(), self.w_bits, signed=True)
 
     def quantized_input(self, x: Tensor) -> Tensor:
-        return fake_quantize(x, self._act_clip().to(x.dtype), self.a_bits,
-                             signed=bool(self.act_signed))
+        return fake_quantize(x, self._act_clip().to(x.dtype), self.a_bits, self.act_signed)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.quantization_enabled:
@@ -229,12 +239,20 @@ def quantize_modules(model: nn.Module, w_bits: int = 8, a_bits: int = 8,
              if type(module) is nn.Conv2d}
     if not convs:
         raise UserInputError("the model has no Conv2d layer that srcompress could quantize.")
-    kept = _full_precision_layers(model, convs) if scope == "body" else {}
-    unsupported = _unsupported_in_scope(model, scope, kept)
+    if scope == "body":
+        head_and_tail = kept = _full_precision_layers(model, convs)
+    else:
+        # Only needed for the wording of an error; a model the probe cannot run still quantises.
+        try:
+            head_and_tail, kept = _full_precision_layers(model, convs), {}
+        except UserInputError:
+            head_and_tail, kept = {}, {}
+    unsupported = _unsupported_in_scope(model, kept)
     if unsupported:
         name, module = unsupported
         hint = ("quantize without --quantize-all to keep it in full precision"
-                if scope == "all" else "this architecture cannot be quantized yet")
+                if _inside(name, head_and_tail)
+                else "it sits in the body, so this architecture cannot be quantized yet")
         raise UserInputError(
             f"layer '{name}' ({type(module).__name__}) cannot be quantized: srcompress quantizes "
             f"Conv2d layers only; {hint}.")
@@ -354,23 +372,18 @@ def _full_precision_layers(model: nn.Module, convs: dict[str, nn.Conv2d]) -> dic
     return kept
 
 
-def _unsupported_in_scope(model: nn.Module, scope: str,
+def _unsupported_in_scope(model: nn.Module,
                           kept: dict[str, str]) -> tuple[str, nn.Module] | None:
-    """The first weighted layer srcompress cannot quantise, unless scope leaves it out.
+    """The first weighted layer srcompress cannot quantise that is not kept in full precision.
 
-    In the body scope, layers inside a kept (full-precision) module are out of scope; anything
-    else with weights would leave the body partly in full precision without saying so.
+    Anything with weights left out silently would make a partly quantised model look like a
+    quantised one, so it is an error instead.
     """
     for name, module in model.named_modules():
-        if not isinstance(module, _UNSUPPORTED_WEIGHTED):
-            continue
-        if scope == "body" and any(name == k or name.startswith(k + ".") for k in kept):
-            continue
-        return name, module
+        if isinstance(module, _UNSUPPORTED_WEIGHTED) and not _inside(name, kept):
+            return name, module
     return None
 
 
-def quantization_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The learned clipping values, for optimisers that treat them separately."""
-    return [p for _, layer in quantized_layers(model) for p in (layer.weight_clip, layer.act_clip)]
-
+def _inside(name: str, layers: Mapping[str, str]) -> bool:
+    return any(name == layer or name.startswith(layer + ".") for layer in layers)

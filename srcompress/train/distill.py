@@ -383,11 +383,17 @@ def _weight_writer(models: Any, student: Any, settings: Mapping[str, Any]):
 
 
 def _validator(settings: Mapping[str, Any], scale: int, device: torch.device):
-    """Y-PSNR/SSIM on the validation benchmarks, with the project's evaluation protocol."""
+    """Y-PSNR/SSIM on the validation benchmarks, with the project's evaluation protocol.
+
+    The benchmarks are located now, so a missing one stops the run before training, not after.
+    """
+    from srcompress.data.benchmarks import find_benchmark
     from srcompress.evaluation import evaluate
 
     benchmarks = list(settings["val_benchmarks"])
     data_root = settings["data_root"]
+    for name in benchmarks:
+        find_benchmark(name, data_root, scale)
 
     def validate(module: nn.Module) -> ValidationResults:
         report = evaluate(module, benchmarks=benchmarks, scale=scale, data_root=data_root,

@@ -91,7 +91,7 @@ def test_bad_feature_layers_name_the_flag() -> None:
     student = EDSR(scale=2, num_feat=8, num_block=3)
     with pytest.raises(UserInputError, match=r"--feature-layers: EDSR has no module 'body.9'"):
         FeatureTaps(student, ["body.9"])
-    with pytest.raises(UserInputError, match="--feature-layers item 'body.1=' is incomplete"):
+    with pytest.raises(UserInputError, match=r"--feature-layers item 'body\.1=' is incomplete"):
         feature_layer_pairs(student, student, "body.1=")
     with pytest.raises(UserInputError, match="module 'shift' of EDSR is never called"):
         feature_channels(student, ["upsample.0", "shift"])

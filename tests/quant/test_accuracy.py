@@ -25,7 +25,8 @@ def _quantized(trained: LoadedModel, pairs: list, w_bits: int, a_bits: int) -> L
                        {"quant": report.metadata()}, "quantized in tests")
 
 
-def test_the_float_model_beats_bicubic(trained_edsr: LoadedModel, set5_x2: list, mean_psnr: PsnrFn) -> None:
+def test_the_float_model_beats_bicubic(trained_edsr: LoadedModel, set5_x2: list,
+                                       mean_psnr: PsnrFn) -> None:
     assert mean_psnr(trained_edsr.module, set5_x2) > SET5_X2_BICUBIC_PSNR + 0.1
 
 
@@ -47,8 +48,8 @@ def test_lower_bits_cost_more_and_stay_ordered(trained_edsr: LoadedModel,
     assert psnr4 > float_psnr - 3.0
 
 
-def test_quantized_safetensors_round_trip(trained_edsr: LoadedModel, set5_x2: list, mean_psnr: PsnrFn,
-                                          tmp_path: Path) -> None:
+def test_quantized_safetensors_round_trip(trained_edsr: LoadedModel, set5_x2: list,
+                                          mean_psnr: PsnrFn, tmp_path: Path) -> None:
     quantized = _quantized(trained_edsr, set5_x2, 4, 8)
     path = save_model(tmp_path / "quantized.safetensors", quantized)
     with safetensors.safe_open(str(path), framework="pt") as handle:

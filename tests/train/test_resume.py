@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ITERS = 120
+ITERS = 60
 
 
 @pytest.fixture(scope="module")
 def run_args(tiny_run: list[str]) -> list[object]:
-    return [*tiny_run, "--iters", ITERS, "--save-every", 10, "--seed", 7, "--method", "dukd"]
+    return [*tiny_run, "--iters", ITERS, "--save-every", 5, "--seed", 7, "--method", "dukd"]
 
 
 def _finish(process, timeout: float = 120) -> str:

@@ -1,0 +1,148 @@
+"""Cost of each training method: seconds per iteration and peak memory, measured in one run.
+
+The paper's setting by default: EDSR c256b32 teacher → c64b32 student (res_scale 0.1), x4,
+batch 16, LR patch 48, through the real training loop (data, AMP on CUDA, EMA, optimiser). DUKD
+should cost about its work ratio times KD, because teacher and student see 1 + n_sub + 1/s²
+times KD's pixels (1 + n_sub without zoom-out); anything above that is waste (a teacher graph,
+CPU resizing, repeated teacher calls).
+
+Each method runs in its own child process, so peak memory is that method's alone: on CUDA
+`torch.cuda.max_memory_allocated`, on CPU the process's peak RSS (`ru_maxrss`), reported with the
+RSS the process had before its first iteration (the models and data), whose difference is what
+training itself needs.
+
+    .venv/bin/python benchmarks/bench_distill.py                        # the paper's pair (slow on CPU)
+    .venv/bin/python benchmarks/bench_distill.py --teacher edsr:num_feat=64,num_block=8 \\
+        --student edsr:num_feat=16,num_block=8 --batch-size 4 --patch-size 24   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from srcompress import models
+from srcompress.data.training import PatchBatches, load_training_images
+from srcompress.methods import create_method
+from srcompress.train.distill import demo_data_folder
+from srcompress.train.distributed import Distributed, rank_device
+from srcompress.train.loop import Reporter, Trainer, TrainSettings
+
+VARIANTS = {
+    "scratch": ("scratch", {}),
+    "kd": ("kd", {}),
+    "dukd": ("dukd", {}),
+    "dukd two-step": ("dukd", {"two_step": True}),
+}
+
+
+class IterationClock(Reporter):
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def advance(self, iteration: int, terms: dict[str, float], lr: float) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+
+
+def rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(arguments: argparse.Namespace, variant: str) -> dict[str, float]:
+    """One method in this process: seconds per iteration after warm-up, and peak memory."""
+    torch.manual_seed(0)
+    device = rank_device(arguments.device)
+    teacher = models.build_model(arguments.teacher, arguments.scale).module
+    student = models.build_model(arguments.student, arguments.scale).module
+    name, options = VARIANTS[variant]
+    method = create_method(name, **options)
+    data = load_training_images([demo_data_folder()], arguments.scale, arguments.patch_size)
+    batches = PatchBatches(data, arguments.patch_size, arguments.batch_size, seed=0)
+    clock = IterationClock()
+    iterations = arguments.warmup + arguments.iters
+    trainer = Trainer(student, teacher if method.needs_teacher else None, method, batches,
+                      TrainSettings(iters=iterations, lr=1e-4, workers=arguments.workers,
+                                    amp=not arguments.no_amp),
+                      device, run=None, place=Distributed(), reporter=clock)
+    before = current_rss_mib()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    trainer.train()
+    stamps = [started, *clock.stamps][arguments.warmup:]
+    seconds = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        baseline = 0.0
+    else:
+        peak, baseline = rss_mib(), before
+    return {"seconds_per_iter": seconds, "peak_mib": peak, "baseline_mib": baseline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="edsr:num_feat=256,num_block=32,res_scale=0.1")
+    parser.add_argument("--student", default="edsr:num_feat=64,num_block=32,res_scale=0.1")
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=48)
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per method")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+
+    if arguments.only:
+        print(json.dumps(measure(arguments, arguments.only)))
+        return
+
+    n_sub = create_method("dukd").options.n_sub
+    work = 1 + n_sub + 1 / arguments.scale**2
+    results = {}
+    for variant in VARIANTS:
+        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", variant],
+                               capture_output=True, text=True, check=False)
+        if child.returncode != 0:
+            sys.exit(f"{variant} failed:\n{child.stderr[-2000:]}")
+        results[variant] = json.loads(child.stdout.strip().splitlines()[-1])
+        print(f"measured {variant}: {results[variant]}", file=sys.stderr)
+
+    kd = results["kd"]
+    print(f"\nteacher {arguments.teacher} -> student {arguments.student}, x{arguments.scale}, "
+          f"batch {arguments.batch_size}, patch {arguments.patch_size}, {arguments.iters} timed "
+          f"iterations after {arguments.warmup} warm-up, device {arguments.device}, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| method | s/iter | ratio to kd | work ratio | peak memory MiB | training memory MiB "
+          "| memory ratio to kd |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    kd_training = kd["peak_mib"] - kd["baseline_mib"]
+    for variant, measured in results.items():
+        ratio = measured["seconds_per_iter"] / kd["seconds_per_iter"]
+        expected = f"{work:.3f}" if variant.startswith("dukd") else (
+            "1" if variant == "kd" else "-")
+        training = measured["peak_mib"] - measured["baseline_mib"]
+        print(f"| {variant} | {measured['seconds_per_iter']:.3f} | {ratio:.3f} | {expected} | "
+              f"{measured['peak_mib']:.0f} | {training:.0f} | {training / kd_training:.2f} |")
+    dukd_ratio = results["dukd"]["seconds_per_iter"] / kd["seconds_per_iter"]
+    print(f"\ndukd/kd measured {dukd_ratio:.3f} vs work ratio 1 + n_sub + 1/s^2 = {work:.3f} "
+          f"({100 * (dukd_ratio / work - 1):+.1f} %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`quantize()` and `srcompress quantize` on a tiny EDSR with the shipped demo images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors
+import torch
+
+from srcompress.errors import UserInputError
+from srcompress.models import LoadedModel, build_model, load_model, save_model
+from srcompress.quant import QuantConv2d, QuantizeResult, quantize
+
+# Small enough for seconds on a shared CPU: 4 iterations of 2 patches of 16x16 LR pixels.
+TINY_RUN = {"iters": 4, "batch_size": 2, "patch_size": 16, "workers": 0, "val_benchmarks": [],
+            "device": "cpu", "save_every": 2, "calibration_batches": 2, "schedule": "multistep",
+            "gamma": 1.0}
+
+
+@pytest.fixture(scope="module")
+def float_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = build_model("edsr:num_feat=8,num_block=2", 2)
+    path = tmp_path_factory.mktemp("float") / "student.safetensors"
+    save_model(path, model, method="dukd")
+    return path
+
+
+@pytest.fixture(scope="module")
+def w4a4_run(float_model: Path, tmp_path_factory: pytest.TempPathFactory) -> QuantizeResult:
+    output = tmp_path_factory.mktemp("w4a4") / "run"
+    return quantize(float_model, w_bits=4, a_bits=4, method="kd", output=output, **TINY_RUN)
+
+
+def test_quantize_writes_a_rebuildable_quantized_model(w4a4_run: QuantizeResult) -> None:
+    result = w4a4_run
+    assert result.completed and result.quantized == result.output / "quantized.safetensors"
+    assert {p.name for p in result.output.iterdir()} >= {
+        "quantized.safetensors", "config.toml", "metrics.json", "checkpoints"}
+    assert result.report.quantized == ["body.0.conv1", "body.0.conv2", "body.1.conv1",
+                                       "body.1.conv2", "conv_after_body"]
+
+    loaded = load_model(result.quantized)
+    layers = {name: m for name, m in loaded.module.named_modules() if isinstance(m, QuantConv2d)}
+    assert sorted(layers) == sorted(result.report.quantized)
+    assert all(layer.w_bits == 4 and layer.a_bits == 4 for layer in layers.values())
+    # calibrated, not the placeholder range, and the ReLU input uses the unsigned grid
+    assert all(float(layer.act_unit) != 1.0 for layer in layers.values())
+    assert not bool(layers["body.0.conv2"].act_signed)
+    assert loaded.metadata["quant"]["w_bits"] == 4
+    assert loaded.metadata["quant_method"] == "kd"
+    assert loaded.metadata["quant_teacher"].endswith("(full precision)")
+
+
+def test_quantize_changes_weights_and_resumes_exactly(float_model: Path, tmp_path: Path) -> None:
+    straight = quantize(float_model, output=tmp_path / "straight", method="dukd",
+                        **{**TINY_RUN, "iters": 4})
+    first = quantize(float_model, output=tmp_path / "resumed", method="dukd",
+                     **{**TINY_RUN, "iters": 2})
+    assert first.metrics["iteration"] == 2
+    with pytest.raises(UserInputError, match="--w-bits 4 differs"):
+        quantize(float_model, output=tmp_path / "resumed", resume=True, w_bits=4)
+    resumed = quantize(float_model, output=tmp_path / "resumed", resume=True, iters=4)
+    assert resumed.metrics["iteration"] == 4
+    a, b = load_model(straight.quantized).module, load_model(resumed.quantized).module
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    original = load_model(float_model).module.state_dict()["body.0.conv1.weight"]
+    assert not torch.equal(a.state_dict()["body.0.conv1.weight"], original)
+
+
+def test_quantize_refuses_an_already_quantized_model(w4a4_run: QuantizeResult,
+                                                     tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match=r"already quantized \(w4a4"):
+        quantize(w4a4_run.quantized, output=tmp_path / "again", **TINY_RUN)
+    assert not (tmp_path / "again").exists()
+
+
+def test_cli_quantize_json_and_info(float_model: Path, tmp_path: Path, cli) -> None:
+    out = cli("quantize", float_model, "--w-bits", "8", "--a-bits", "8", "--method", "none",
+              "--iters", "2", "--batch-size", "2", "--patch-size", "16", "--workers", "0",
+              "--no-validation", "--device", "cpu", "--calibration-batches", "1",
+              "--output", tmp_path / "run", "--json", "-")
+    assert out.exit_code == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["completed"] and report["quantization"]["w_bits"] == 8
+    assert "conv_first" in report["quantization"]["full_precision"]
+    with safetensors.safe_open(report["quantized"], framework="pt") as handle:
+        assert json.loads(handle.metadata()["quant"])["layers"]
+    info = cli("info", report["quantized"], "--json", "-")
+    assert info.exit_code == 0, info.stderr
+    assert '"w_bits": 8' in info.stdout
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--w-bits", "9"], "--w-bits 9"), (["--a-bits", "1"], "--a-bits 1"),
+    (["--w-bits", "16"], "--w-bits 16"), (["--method", "mkd"], "--method mkd"),
+])
+def test_cli_bad_quantization_flags_exit_2(float_model: Path, tmp_path: Path, cli,
+                                           flags: list[str], message: str) -> None:
+    out = cli("quantize", float_model, *flags, "--output", tmp_path / "run", "--no-validation")
+    assert out.exit_code == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_already_quantized_and_unsupported_layers_exit_2(w4a4_run: QuantizeResult,
+                                                             tmp_path: Path, cli) -> None:
+    out = cli("quantize", w4a4_run.quantized, "--output", tmp_path / "again", "--no-validation")
+    assert out.exit_code == 2 and "already quantized" in out.stderr
+
+    swinir = build_model("swinir:embed_dim=12,depths=[1],num_heads=[2],window_size=4,"
+                         "img_size=16,mlp_ratio=1,upsampler=pixelshuffle", 2)
+    path = save_model(tmp_path / "swinir.safetensors", swinir)
+    out = cli("quantize", path, "--quantize-all", "--output", tmp_path / "swin", "--no-validation")
+    assert out.exit_code == 2
+    assert "(Linear) cannot be quantized" in out.stderr
+
+
+def test_quantized_model_evaluates_like_its_module(w4a4_run: QuantizeResult,
+                                                    shared_data: Path) -> None:
+    from srcompress.evaluation import evaluate
+
+    loaded: LoadedModel = load_model(w4a4_run.quantized)
+    report = evaluate(str(w4a4_run.quantized), benchmarks=["Set5"], scale=2,
+                      data_root=shared_data / "benchmarks", device="cpu")
+    direct = evaluate(loaded.module, benchmarks=["Set5"], scale=2,
+                      data_root=shared_data / "benchmarks", device="cpu")
+    assert report["results"][0]["psnr"] == pytest.approx(direct["results"][0]["psnr"], abs=1e-9)

@@ -1,0 +1,155 @@
+"""`distill()` and `srcompress distill`: run folder, metadata, config, guards and bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from srcompress import models
+from srcompress.data.images import write_image
+from srcompress.data.training import PatchBatches, load_training_images
+from srcompress.errors import UserInputError
+from srcompress.methods import create_method
+from srcompress.train.distill import demo_data_folder, distill
+from srcompress.train.distributed import Distributed
+from srcompress.train.loop import Trainer, TrainSettings, learning_rate
+
+TINY = {"student": "edsr:num_feat=8,num_block=1", "batch_size": 2, "patch_size": 16,
+        "workers": 0, "device": "cpu"}
+DEMO_VAL = str(demo_data_folder().parent / "val")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine's two cores are shared by everyone; one thread avoids oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory):
+    output = tmp_path_factory.mktemp("run") / "dukd"
+    torch.set_num_threads(1)
+    return distill(tiny_teacher, **TINY, iters=12, val_every=6, save_every=5, seed=5,
+                   val_benchmarks=[DEMO_VAL], output=output)
+
+
+def test_run_folder_holds_student_best_metrics_config_and_checkpoint(finished_run) -> None:
+    output = finished_run.output
+    assert finished_run.completed
+    assert {path.name for path in output.iterdir()} == {
+        "student.safetensors", "best.safetensors", "metrics.json", "config.toml", "checkpoints"}
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert [entry["iteration"] for entry in metrics["validations"]] == [6, 12]
+    assert metrics["best"]["mean_psnr"] == max(v["mean_psnr"] for v in metrics["validations"])
+    assert 5 < metrics["validations"][-1]["results"]["val"]["psnr"] < 60
+    assert {"rec", "kd", "zoom_in", "zoom_out_rec", "zoom_out_kd"} <= metrics["train"][-1].keys()
+
+    student = models.load_model(output / "student.safetensors")
+    assert (student.arch, student.scale) == ("edsr", 2)
+    assert student.settings["num_feat"] == 8 and student.settings["num_block"] == 1
+    with safe_open(output / "student.safetensors", "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["method"] == "dukd" and metadata["teacher"] == "teacher_x2.safetensors"
+    assert json.loads(metadata["metrics"])["iteration"] == 12
+
+
+def test_config_toml_repeats_the_run_bit_exactly(finished_run, tmp_path: Path) -> None:
+    again = distill(config=finished_run.output / "config.toml", output=tmp_path / "again")
+    first = load_file(finished_run.output / "student.safetensors")
+    second = load_file(again.student)
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_teacher_is_frozen_in_eval_mode_and_outside_the_optimiser(tiny_teacher: Path) -> None:
+    teacher = models.load_model(tiny_teacher).module
+    before = {key: value.clone() for key, value in teacher.state_dict().items()}
+    student = models.build_model(TINY["student"], 2).module
+    student_before = [p.detach().clone() for p in student.parameters()]
+    data = load_training_images([demo_data_folder()], 2, 16)
+    trainer = Trainer(student, teacher, create_method("dukd"), PatchBatches(data, 16, 2, seed=0),
+                      TrainSettings(iters=3, lr=1e-3, ema=0.9, workers=0), torch.device("cpu"),
+                      run=None, place=Distributed())
+    assert trainer.train()
+    assert not teacher.training
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised.isdisjoint(id(p) for p in teacher.parameters())
+    assert optimised == {id(p) for p in student.parameters()}
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(student_before, student.parameters(),
+                                                      strict=True))
+    # The EMA copy is frozen and lags the student.
+    assert all(not p.requires_grad for p in trainer.ema.module.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(trainer.ema.module.parameters(),
+                                                      student.parameters(), strict=True))
+
+
+def test_schedules_follow_the_iteration() -> None:
+    multistep = TrainSettings(iters=100, lr=1e-4)
+    assert [learning_rate(multistep, i) for i in (0, 39, 40, 79, 80)] == pytest.approx(
+        [1e-4, 1e-4, 1e-5, 1e-5, 1e-6])
+    cosine = TrainSettings(iters=100, lr=2e-4, schedule="cosine")
+    assert learning_rate(cosine, 0) == pytest.approx(2e-4)
+    assert learning_rate(cosine, 50) == pytest.approx(1e-4)
+
+
+def test_diverging_loss_stops_with_one_sentence_and_keeps_the_checkpoint(
+        tiny_teacher: Path, tmp_path: Path) -> None:
+    output = tmp_path / "diverged"
+    with pytest.raises(UserInputError, match=r"loss became (inf|nan) at iteration 2.*lower --lr.*"
+                                             r"last good checkpoint .*last.pt is kept"):
+        distill(tiny_teacher, **TINY, method="kd", iters=30, lr=1e6, ema=0.0, save_every=1,
+                val_benchmarks=[], output=output)
+    state = torch.load(output / "checkpoints" / "last.pt", weights_only=True)
+    assert state["iteration"] == 1
+    assert all(torch.isfinite(value).all() for value in state["student"].values())
+    assert not (output / "student.safetensors").exists()
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    (["--scale", "3"], "upscales x2 but --scale is 3"),
+    (["--student", "edsr:num_feat=8,scale=4"], "is for scale x4 but the run is x2"),
+    (["--method", "nope"], "Unknown method 'nope'"),
+    (["--train-data", "EMPTY"], "holds no images"),
+    (["--train-data", "SMALL", "--patch-size", "48"], "smaller than one 48x48 LR patch"),
+    (["--lr", "0"], "--lr must be a number above 0"),
+    (["--n-sub", "0"], "Option 'n_sub' of method 'dukd' must be at least 1"),
+    (["--method", "kd", "--n-sub", "2"], "Method 'kd' has no option 'n_sub'"),
+    (["--val-benchmark", "NoSuchSet"], "Unknown benchmark 'NoSuchSet'"),
+    (["--resume"], "--resume needs --output"),
+])
+def test_bad_inputs_exit_2_with_one_sentence(arguments: list[str], expected: str, cli,
+                                             tiny_teacher: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "small").mkdir()
+    small = load_training_images([demo_data_folder()], 2, 16).images[0].lr[:, :40, :40]
+    write_image(tmp_path / "small" / "small.png", small.float() / 255)
+    arguments = [{"EMPTY": tmp_path / "empty", "SMALL": tmp_path / "small"}.get(a, a)
+                 for a in arguments]
+    output = [] if "--resume" in arguments else ["--output", tmp_path / "run"]
+    result = cli("distill", tiny_teacher, *arguments, *output, "--iters", "2",
+                 "--device", "cpu", "--workers", "0")
+    assert result.exit_code == 2, result.stderr
+    assert expected in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "student.safetensors").exists()
+
+
+def test_evaluate_takes_the_student_with_no_other_flag(finished_run, shared_data: Path, cli,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SRCOMPRESS_DATA", str(shared_data / "benchmarks"))
+    result = cli("evaluate", finished_run.student, "--benchmark", "Set5", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["scale"] == 2 and report["results"][0]["images"] == 5
+    assert 5 < report["results"][0]["psnr"] < 40
+
