@@ -11,7 +11,7 @@ Each method runs in its own child process, so peak memory is that method's alone
 RSS the process had before its first iteration (the models and data), whose difference is what
 training itself needs.
 
-    .venv/bin/python benchmarks/bench_distill.py                        # the paper's pair (slow on CPU)
+    .venv/bin/python benchmarks/bench_distill.py        # the paper's pair (minutes per step on CPU)
     .venv/bin/python benchmarks/bench_distill.py --teacher edsr:num_feat=64,num_block=8 \\
         --student edsr:num_feat=16,num_block=8 --batch-size 4 --patch-size 24   # a quick look
 """
@@ -39,6 +39,11 @@ VARIANTS = {
     "kd": ("kd", {}),
     "dukd": ("dukd", {}),
     "dukd two-step": ("dukd", {"two_step": True}),
+    "fitnet": ("fitnet", {}),
+    "fakd": ("fakd", {}),
+    "mkd": ("mkd", {}),
+    "mkd meta-every 4": ("mkd", {"meta_every": 4}),
+    "dukd+mkd": ("dukd+mkd", {}),
 }
 
 

@@ -1,7 +1,7 @@
 """`make demo`: distill the shipped demo teacher into its default student, then compare them.
 
-Runs on a fresh clone with nothing downloaded: the teacher (`srcompress/demo/teacher_x2.safetensors`)
-and the training images (`srcompress/demo/train/`) ship with srcompress, and validation uses the
+Runs on a fresh clone with nothing downloaded: the teacher (`srcompress/demo/teacher_x2.
+safetensors`) and the training images (`srcompress/demo/train/`) ship with srcompress; it uses the
 held-out demo image (`srcompress/demo/val/`), plus Set5 when it is installed in the data root.
 Takes a few minutes on two CPU cores.
 
@@ -38,10 +38,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--method", default="dukd")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--teacher", default=str(demo_teacher_path(2)))
     arguments = parser.parse_args()
     console = Console()
 
-    teacher_path = demo_teacher_path(2)
+    teacher_path = arguments.teacher
     teacher = models.load_model(teacher_path)
     benchmarks = validation_sets(teacher.scale)
     result = distill(

@@ -38,8 +38,9 @@ def export(
     output: Path | None = typer.Option(
         None, "--output", "-o", metavar="FILE",
         help="Where to write the .onnx file (default: next to MODEL, same name)."),
-    opset: int | None = typer.Option(None, "--opset", metavar="N",
-                                     help="ONNX opset (default: the exporter's, 18 today)."),
+    opset: int | None = typer.Option(
+        None, "--opset", metavar="N",
+        help="ONNX opset (default: the exporter's own, 20 with torch 2.14; 17 for quantized)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static",
                                  help="Dynamic height and width, or a fixed --input-size."),
     input_size: str | None = typer.Option(

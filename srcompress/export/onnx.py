@@ -33,6 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-2}
 _VERIFY_HEIGHT, _VERIFY_WIDTH = 90, 70
 _SMALLEST_VERIFY_SIDE = 24
 _TORCHSCRIPT_OPSET = 17
-_DEMO_FOLDER = Path(__file__).resolve().parents[1] / "demo"
-_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "torch.__trace",
+                  "onnxscript")
 
 ProgressCallback = Callable[[str], None]
 
@@ -220,8 +221,8 @@ def _verification_image(path: str | Path | None) -> tuple[Tensor, str]:
         image = read_image(path)
         label = str(path)
     else:
-        shipped = sorted((_DEMO_FOLDER / "val").glob("*.png")) + sorted(
-            (_DEMO_FOLDER / "train").glob("*.png"))
+        demo = Path(str(resources.files("srcompress.demo")))
+        shipped = sorted((demo / "val").glob("*.png")) + sorted((demo / "train").glob("*.png"))
         if shipped:
             image, label = read_image(shipped[0]), f"demo image {shipped[0].name}"
         else:

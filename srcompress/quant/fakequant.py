@@ -122,7 +122,9 @@ class QuantConv2d(nn.Conv2d):
         return fake_quantize(self.weight, self._weight_clip(), self.w_bits, signed=True)
 
     def quantized_input(self, x: Tensor) -> Tensor:
-        return fake_quantize(x, self._act_clip().to(x.dtype), self.a_bits, self.act_signed)
+        # In float32 even under autocast: bf16 cannot hold the 8-bit grid's rounding exactly.
+        return fake_quantize(x.float(), self._act_clip().float(), self.a_bits,
+                             self.act_signed).to(x.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.quantization_enabled:

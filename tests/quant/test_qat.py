@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 import safetensors
 import torch
@@ -129,3 +130,16 @@ def test_quantized_model_evaluates_like_its_module(w4a4_run: QuantizeResult,
     direct = evaluate(loaded.module, benchmarks=["Set5"], scale=2,
                       data_root=shared_data / "benchmarks", device="cpu")
     assert report["results"][0]["psnr"] == pytest.approx(direct["results"][0]["psnr"], abs=1e-9)
+
+
+def test_cli_exports_the_quantized_model_with_qdq_nodes(w4a4_run: QuantizeResult, tmp_path: Path,
+                                                        cli) -> None:
+    target = tmp_path / "w4a4.onnx"
+    out = cli("export", w4a4_run.quantized, "--onnx", "--output", target, "--json", "-")
+    assert out.exit_code == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["precision"] == "int8" and report["verified"]
+    assert report["qdq_nodes"]["QuantizeLinear"] == len(w4a4_run.report.quantized)
+    metadata = {entry.key: entry.value for entry in onnx.load(str(target)).metadata_props}
+    assert metadata["quant_bits"] == "w4a4"
+    assert "int8/uint8 Q/DQ containers" in metadata["quant_storage"]

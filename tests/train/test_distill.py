@@ -141,7 +141,7 @@ def test_bad_inputs_exit_2_with_one_sentence(arguments: list[str], expected: str
     assert expected in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "student.safetensors").exists()
+    assert not (tmp_path / "run").exists(), "a bad input must fail before the run folder is made"
 
 
 def test_evaluate_takes_the_student_with_no_other_flag(finished_run, shared_data: Path, cli,

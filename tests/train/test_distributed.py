@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from srcompress import models
 from srcompress.train.distill import demo_data_folder
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_one_student(tiny_teacher: Path, tiny_run: list[str],
                                                       tmp_path: Path) -> None:
     output = tmp_path / "ddp"

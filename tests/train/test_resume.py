@@ -52,6 +52,7 @@ def uninterrupted(tiny_teacher: Path, run_args: list[object], start_srcompress,
     return output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_stopped_and_resumed_run_matches_uninterrupted_run(
         stop: signal.Signals, tiny_teacher: Path, uninterrupted: Path, run_args: list[object],

@@ -1,0 +1,208 @@
+"""Method comparison at a scale one machine can do: equal budgets, several seeds, mean ± std.
+
+Every method trains the same student from the same teacher, on the same images, for the same
+iterations, batch, patch, learning rate and seeds; only the objective differs. The final (EMA)
+student of each run is evaluated on Set5 and Set14 with the field's protocol (Y-PSNR/SSIM), and
+the table of mean ± sample standard deviation over seeds is printed and written into
+docs/results.md (between markers, so other sections of that file are kept) with the exact command.
+
+Runs that already finished in `--output` are read back instead of retrained, and unfinished ones
+are resumed, so a long comparison can be stopped and continued.
+
+    .venv/bin/python benchmarks/distill_small.py --iters 2000 --seeds 0,1,2
+    .venv/bin/python benchmarks/distill_small.py --methods scratch,kd,dukd,fitnet,fakd,mkd,dukd+mkd
+    .venv/bin/python benchmarks/distill_small.py --train-teacher edsr:num_feat=64,num_block=16
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from srcompress import models
+from srcompress.evaluation import evaluate
+from srcompress.files import atomic_path
+from srcompress.train.distill import demo_teacher_path, distill
+from srcompress.train.distributed import rank_device
+from srcompress.train.loop import Reporter, ValidationResults
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BEGIN, END = "<!-- distill_small:begin -->", "<!-- distill_small:end -->"
+SETS = ("Set5", "Set14")
+
+
+class Heartbeat(Reporter):
+    """A line every 10 % (so logs of long runs stay short) and the time of every iteration."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.stamps: list[float] = []
+        self.total = 0
+
+    def start(self, total: int, done: int) -> None:
+        self.total = total
+        self.stamps = [time.perf_counter()]
+
+    def advance(self, iteration: int, terms: dict[str, float], lr: float) -> None:
+        self.stamps.append(time.perf_counter())
+        if iteration % max(1, self.total // 10) == 0:
+            loss = " ".join(f"{name} {value:.4f}" for name, value in terms.items())
+            print(f"  {self.label} {iteration}/{self.total} {loss}", flush=True)
+
+    def validated(self, iteration: int, results: ValidationResults) -> None:
+        shown = " ".join(f"{name} {value['psnr']:.2f}" for name, value in results.items())
+        print(f"  {self.label} validation at {iteration}: {shown}", flush=True)
+
+    def seconds_per_iteration(self) -> float | None:
+        if len(self.stamps) < 3:
+            return None
+        timed = self.stamps[1:]  # the first iteration includes start-up
+        return (timed[-1] - timed[0]) / (len(timed) - 1)
+
+
+def run_one(arguments: argparse.Namespace, teacher: Path, method: str, seed: int) -> dict:
+    folder = arguments.output / f"{method}-seed{seed}"
+    summary_path = folder / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    heartbeat = Heartbeat(f"{method} seed {seed}")
+    result = distill(
+        teacher, student=arguments.student, method=method, train_data=arguments.train_data,
+        val_benchmarks=list(SETS), data_root=arguments.data_root, iters=arguments.iters,
+        batch_size=arguments.batch_size, patch_size=arguments.patch_size, lr=arguments.lr,
+        schedule=arguments.schedule, seed=seed, workers=arguments.workers,
+        val_every=arguments.iters, save_every=max(1, arguments.iters // 4), output=folder,
+        resume=(folder / "checkpoints" / "last.pt").exists(), reporter=heartbeat,
+        device=arguments.device)
+    final = result.metrics["validations"][-1]["results"]
+    summary = {"method": method, "seed": seed, "results": final,
+               "seconds_per_iter": heartbeat.seconds_per_iteration()}
+    with atomic_path(summary_path) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train_teacher(arguments: argparse.Namespace) -> Path:
+    folder = arguments.output / "teacher"
+    if not (folder / "student.safetensors").exists():
+        iters = arguments.teacher_iters or 4 * arguments.iters
+        distill(None, student=arguments.train_teacher, method="scratch", scale=arguments.scale,
+                train_data=arguments.train_data, val_benchmarks=list(SETS),
+                data_root=arguments.data_root, iters=iters, batch_size=arguments.batch_size,
+                patch_size=arguments.patch_size, lr=arguments.lr, schedule=arguments.schedule,
+                seed=1000, workers=arguments.workers, val_every=iters,
+                save_every=max(1, iters // 8), output=folder, device=arguments.device,
+                resume=(folder / "checkpoints" / "last.pt").exists(),
+                reporter=Heartbeat("teacher"))
+    return folder / "student.safetensors"
+
+
+def mean_std(values: list[float], digits: int) -> str:
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+
+
+def table(arguments: argparse.Namespace, teacher: Path, runs: list[dict]) -> str:
+    header = ["method", *(f"{s} {metric}" for s in SETS for metric in ("PSNR", "SSIM")),
+              "s/iter"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for label, model in (("bicubic", "bicubic"), ("teacher", str(teacher))):
+        report = evaluate(model, list(SETS), scale=models.load_model(teacher).scale,
+                          data_root=arguments.data_root, device=arguments.device)
+        by_set = {entry["benchmark"]: entry for entry in report["results"]}
+        lines.append("| " + " | ".join([
+            f"{label} (reference)",
+            *(f"{by_set[s]['psnr']:.2f} | {by_set[s]['ssim']:.4f}" for s in SETS), "-"]) + " |")
+    for method in arguments.methods:
+        own = [run for run in runs if run["method"] == method]
+        times = [run["seconds_per_iter"] for run in own if run["seconds_per_iter"] is not None]
+        lines.append("| " + " | ".join([
+            method,
+            *(mean_std([run["results"][s]["psnr"] for run in own], 2) + " | "
+              + mean_std([run["results"][s]["ssim"] for run in own], 4) for s in SETS),
+            f"{statistics.mean(times):.3f}" if times else "-"]) + " |")
+    return "\n".join(lines)
+
+
+def write_results(path: Path, section: str) -> None:
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
+    block = f"{BEGIN}\n{section}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", type=Path, default=demo_teacher_path(2))
+    parser.add_argument("--train-teacher", metavar="SPEC", default=None,
+                        help="first train a teacher of this SPEC from scratch on the training "
+                        "data (kept in OUTPUT/teacher, reused when present), instead of --teacher")
+    parser.add_argument("--teacher-iters", type=int, default=None,
+                        help="iterations for --train-teacher (default: 4 x --iters)")
+    parser.add_argument("--scale", type=int, default=2, help="scale of --train-teacher")
+    parser.add_argument("--student", default=None, help="default: about 1/10 of the teacher")
+    parser.add_argument("--methods", default="scratch,kd,dukd",
+                        type=lambda text: [m.strip() for m in text.split(",") if m.strip()])
+    parser.add_argument("--seeds", default="0,1,2",
+                        type=lambda text: [int(s) for s in text.split(",") if s.strip()])
+    parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--schedule", default="cosine")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--train-data", type=Path, action="append",
+                        default=None, help="default: ../shared/data/train/SunHays80")
+    parser.add_argument("--data-root", type=Path, default=SHARED_DATA / "benchmarks")
+    parser.add_argument("--output", type=Path, default=Path("runs/distill_small"))
+    parser.add_argument("--results", type=Path, default=Path("docs/results.md"))
+    arguments = parser.parse_args()
+    arguments.train_data = arguments.train_data or [SHARED_DATA / "train" / "SunHays80"]
+
+    command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
+    if arguments.train_teacher:
+        arguments.teacher = train_teacher(arguments)
+    teacher = models.load_model(arguments.teacher)
+    student = arguments.student or models.default_student_spec(teacher)
+    arguments.student = student
+    runs = []
+    for seed in arguments.seeds:
+        for method in arguments.methods:
+            print(f"{method} seed {seed}", flush=True)
+            runs.append(run_one(arguments, arguments.teacher, method, seed))
+    markdown = table(arguments, arguments.teacher, runs)
+    teacher_name = f"{teacher.arch} {teacher.settings} x{teacher.scale}"
+    section = "\n".join([
+        "## Distillation at small scale (benchmarks/distill_small.py)", "",
+        f"Teacher `{arguments.teacher}` ({teacher_name}, {teacher.parameters:,} parameters); "
+        f"student `{student}` "
+        f"({models.build_model(student, teacher.scale).parameters:,} parameters). Training "
+        f"images: {', '.join(str(p) for p in arguments.train_data)}; {arguments.iters} "
+        f"iterations, batch {arguments.batch_size}, LR patch {arguments.patch_size}, lr "
+        f"{arguments.lr} ({arguments.schedule}), EMA 0.999 with warm-up, seeds "
+        f"{', '.join(map(str, arguments.seeds))}; the final EMA student of every run is "
+        "evaluated (Y channel, border = scale). Mean ± sample std over seeds; s/iter measured "
+        f"on {rank_device(arguments.device)} with {torch.get_num_threads()} torch threads on a "
+        "shared machine.",
+        "", markdown, "",
+        f"Command ({datetime.date.today().isoformat()}):", "", "```", command, "```"])
+    print("\n" + markdown)
+    write_results(arguments.results, section)
+    print(f"\nwrote {arguments.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Quantization-aware training at small scale: w8a8, w4a4, w2a2 × none / kd / dukd, one table.
+
+For each bit-width the float student is quantised (body scope), calibrated, and fine-tuned with
+each method at the same budget (iterations, batch, patch, learning rate) and the same seed, with
+the student's own full-precision weights as the teacher (or `--teacher`). Every result is
+evaluated on Set5 and Set14 with the field's protocol (Y-PSNR/SSIM, border = scale), next to the
+float student and to the calibrated model before any training. The table replaces this script's
+section of docs/results.md (between its markers), with the command that produced it.
+
+    .venv/bin/python benchmarks/quantize_small.py --iters 2000            # the lead's full run
+    .venv/bin/python benchmarks/quantize_small.py --iters 3 --batch-size 2 --patch-size 16 \\
+        --results /tmp/results.md                                         # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from srcompress.data.training import PatchBatches, load_training_images
+from srcompress.evaluation import evaluate
+from srcompress.files import atomic_path
+from srcompress.models import load_model
+from srcompress.quant import calibrate, quantize, quantize_modules
+from srcompress.train.distill import demo_data_folder, demo_teacher_path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "data" / "benchmarks"
+BENCHMARKS = ("Set5", "Set14")
+START = "<!-- quantize_small:start -->"
+END = "<!-- quantize_small:end -->"
+
+
+def scores(model: object, scale: int, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    report = evaluate(model, benchmarks=list(BENCHMARKS), scale=scale, data_root=args.data_root,
+                      device=args.device)
+    return {result["benchmark"]: (result["psnr"], result["ssim"]) for result in report["results"]}
+
+
+def calibrated_only(model_path: str, bits: int, args: argparse.Namespace, scale: int):
+    """The quantised model as training starts: calibrated on the run's first batches."""
+    module = copy.deepcopy(load_model(model_path).module)
+    quantize_modules(module, bits, bits)
+    data = load_training_images(args.train_data, scale, args.patch_size)
+    batches = PatchBatches(data, args.patch_size, args.batch_size, args.seed)
+    calibrate(module, [batches[i][0] for i in range(args.calibration_batches)])
+    return module.eval()
+
+
+def row(label: str, bits: str, method: str, result: dict[str, tuple[float, float]],
+        reference: dict[str, tuple[float, float]], seconds: float | None) -> str:
+    cells = [label, bits, method]
+    for name in BENCHMARKS:
+        psnr, ssim = result[name]
+        cells.append(f"{psnr:.2f} / {ssim:.4f}")
+    cells.append(f"{result['Set5'][0] - reference['Set5'][0]:+.2f}")
+    cells.append(f"{result['Set14'][0] - reference['Set14'][0]:+.2f}")
+    cells.append(f"{seconds:.0f}" if seconds is not None else "")
+    return "| " + " | ".join(cells) + " |"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this script's section of `path` (or append it), atomically."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else "# Results\n"
+    section = f"{START}\n{text.rstrip()}\n{END}"
+    if START in old and END in old:
+        new = old[:old.index(START)] + section + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n" + section + "\n"
+    with atomic_path(path) as temporary:
+        temporary.write_text(new, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default=str(demo_teacher_path(2)),
+                        help="float model to quantize (default: the demo EDSR x2)")
+    parser.add_argument("--teacher", help="full-precision teacher (default: the student itself)")
+    parser.add_argument("--bits", default="8,4,2")
+    parser.add_argument("--methods", default="none,kd,dukd")
+    parser.add_argument("--iters", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--calibration-batches", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-data", nargs="+", default=[str(demo_data_folder())])
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "quantize_small"),
+                        help="folder for the run folders (one per bits x method)")
+    parser.add_argument("--results", default=str(ROOT / "docs" / "results.md"))
+    args = parser.parse_args()
+
+    student = load_model(args.student)
+    scale = student.scale
+    float_scores = scores(args.student, scale, args)
+    header = ("| model | bits (w/a) | method | Set5 PSNR / SSIM | Set14 PSNR / SSIM | "
+              "Δ Set5 dB | Δ Set14 dB | train s |\n|---|---|---|---|---|---|---|---|")
+    rows = [row("float student", "32/32", "-", float_scores, float_scores, None)]
+    print(rows[0], flush=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for bits in (int(text) for text in args.bits.split(",")):
+        initial = scores(calibrated_only(args.student, bits, args, scale), scale, args)
+        rows.append(row("calibrated, untrained", f"{bits}/{bits}", "-", initial, float_scores,
+                        None))
+        print(rows[-1], flush=True)
+        for method in args.methods.split(","):
+            started = time.perf_counter()
+            result = quantize(
+                args.student, teacher=args.teacher, method=method, w_bits=bits, a_bits=bits,
+                iters=args.iters, batch_size=args.batch_size, patch_size=args.patch_size,
+                lr=args.lr, seed=args.seed, calibration_batches=args.calibration_batches,
+                train_data=args.train_data, val_benchmarks=[], device=args.device,
+                workers=args.workers, save_every=max(args.iters // 4, 1),
+                output=Path(args.runs) / f"{stamp}-w{bits}a{bits}-{method}")
+            seconds = time.perf_counter() - started
+            rows.append(row("QAT", f"{bits}/{bits}", method,
+                            scores(str(result.quantized), scale, args), float_scores, seconds))
+            print(rows[-1], flush=True)
+
+    command = " ".join(shlex.quote(part) for part in [".venv/bin/python",
+                                                       "benchmarks/quantize_small.py",
+                                                       *sys.argv[1:]])
+    teacher = args.teacher or "the student's own full-precision weights"
+    text = "\n".join([
+        "## Quantization-aware training (benchmarks/quantize_small.py)",
+        "",
+        f"`{command}` ({datetime.date.today().isoformat()}, torch {torch.__version__}, device "
+        f"{args.device})",
+        "",
+        f"Student {Path(args.student).name} x{scale}; teacher: {teacher}; body convolutions "
+        f"quantised (head, upsampler and output layer in full precision); {args.iters} "
+        f"iterations, batch {args.batch_size}, LR patch {args.patch_size}, lr {args.lr:g}, seed "
+        f"{args.seed}, the same for every method; training data "
+        f"{', '.join(Path(p).name for p in args.train_data)}. Δ is against the float student.",
+        "",
+        header,
+        *rows,
+    ])
+    write_section(Path(args.results), text)
+    print(f"table written to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
