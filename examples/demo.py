@@ -49,14 +49,15 @@ def main() -> None:
         teacher_path, method=arguments.method, iters=arguments.iters, batch_size=16,
         patch_size=32, lr=5e-4, schedule="cosine", val_benchmarks=benchmarks[:1],
         val_every=100, save_every=100, workers=1, output=arguments.output,
-        reporter=RichReporter(console=console, description=f"distill ({arguments.method})"))
+        reporter=RichReporter(console=console, description=arguments.method))
 
     student = models.load_model(result.student)
     table = Table(title=f"x{teacher.scale} Y-PSNR / SSIM after {arguments.iters} iterations")
     table.add_column("model")
     table.add_column("parameters", justify="right")
     for name in benchmarks:
-        table.add_column(name.rsplit("/", 1)[-1], justify="right")
+        table.add_column("demo image (held out)" if name == benchmarks[0] else name,
+                         justify="right")
     rows = [("bicubic", "bicubic", "-"),
             (f"teacher {teacher.settings['num_feat']}f/{teacher.settings['num_block']}b",
              teacher_path, f"{teacher.parameters:,}"),

@@ -56,7 +56,8 @@ def _method_parameters() -> list[inspect.Parameter]:
 
 
 def distill_command(
-    teacher: Path = typer.Argument(..., help="Teacher checkpoint (any MODEL srcompress reads)."),
+    teacher: Path | None = typer.Argument(
+        None, help="Teacher checkpoint (any MODEL srcompress reads); may come from --config."),
     student: str | None = typer.Option(
         None, "--student", metavar="SPEC",
         help="Student SPEC, preset or file (default: about 1/10 of the teacher's cost)."),
@@ -126,7 +127,7 @@ def distill_command(
                              "keep one.")
     chosen_options = {key: value for key, value in method_values.items() if value is not None}
     reporter = RichReporter(console=error_console if not human_output(json_path) else console,
-                            description=f"distill ({method or 'dukd'})")
+                            description=method or "dukd")
     result = distill(
         teacher=teacher, student=student, method=method, train_data=train_data,
         val_benchmarks=[] if no_validation else val_benchmark or None, scale=scale, iters=iters,

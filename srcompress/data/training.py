@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,11 +199,12 @@ class PatchBatches(Dataset):
 
 
 def patch_loader(batches: PatchBatches, start: int, stop: int, workers: int,
-                 pin_memory: bool = False) -> DataLoader:
+                 pin_memory: bool = False,
+                 worker_init_fn: Callable[[int], None] | None = None) -> DataLoader:
     """Batches of iterations `start` … `stop - 1`, made by `workers` background processes."""
     return DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
                       pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None,
-                      persistent_workers=False)
+                      worker_init_fn=worker_init_fn)
 
 
 def memory_bytes(data: TrainingImages) -> int:

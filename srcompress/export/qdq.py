@@ -88,7 +88,7 @@ def qdq_export_mode(module: nn.Module) -> Iterator[QDQExport]:
     assert settings is not None
     weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, layer in layers.items():
-        dequantized, step = layer.freeze_export_weight()
+        dequantized, step = layer.freeze_for_export()
         weights[name] = (dequantized.cpu().numpy(), step.cpu().numpy())
         layer.qdq_export = True
     try:
@@ -96,7 +96,7 @@ def qdq_export_mode(module: nn.Module) -> Iterator[QDQExport]:
     finally:
         for layer in layers.values():
             layer.qdq_export = False
-            del layer.export_weight
+            del layer.export_weight, layer.export_bias, layer.export_activation
 
 
 def qdq_metadata(settings: dict[str, object]) -> dict[str, str]:

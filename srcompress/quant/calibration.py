@@ -18,9 +18,11 @@ from torch import Tensor, nn
 from srcompress.errors import UserInputError
 from srcompress.quant.fakequant import fake_quantize, quantized_layers
 
-# Values kept per layer and batch for the error search; the exact maximum is tracked separately.
+# Values kept per layer and batch, and in all, for the error search (a random sample estimates the
+# error well); the exact extremes are tracked separately.
 _SAMPLES_PER_BATCH = 1 << 16
-_CANDIDATES = 100
+_SAMPLES_PER_LAYER = 1 << 18
+_CANDIDATES = 80
 
 
 class _Observer:
@@ -50,7 +52,6 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
         raise UserInputError("the model has no quantized layer to calibrate: run "
                              "quantize_modules first.")
     observers = {name: _Observer() for name in layers}
-    saved = {name: (layer.w_bits, layer.a_bits) for name, layer in layers.items()}
     handles = [layer.register_forward_pre_hook(observers[name]) for name, layer in layers.items()]
     was_training = model.training
     seen = 0
@@ -74,8 +75,12 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
     for name, layer in layers.items():
         observer = observers[name]
         signed = observer.smallest < 0
-        clip = _best_clip(torch.cat(observer.samples), max(observer.largest, -observer.smallest),
-                          saved[name][1], signed)
+        samples = torch.cat(observer.samples)
+        if samples.numel() > _SAMPLES_PER_LAYER:
+            samples = samples[torch.randperm(samples.numel(), device=samples.device)
+                              [:_SAMPLES_PER_LAYER]]
+        clip = _best_clip(samples, max(observer.largest, -observer.smallest), layer.a_bits,
+                          signed)
         with torch.no_grad():
             layer.act_signed.fill_(signed)
             layer.act_unit.fill_(clip)

@@ -5,7 +5,9 @@ SR quantization papers (PAMS, DAQ) therefore learn the clipping range of every a
 of fixing it. `QuantConv2d` does that for the input of a convolution and quantises its weights per
 output channel with a learned, symmetric clipping value. Rounding uses the straight-through
 estimator: inside the clipping range the gradient of the input passes unchanged, outside it is
-zero, and the clipping value receives the LSQ-style gradient, so training moves both.
+zero, and the clipping value receives the LSQ-style gradient, so training moves both. The bias is
+rounded to the int32 grid integer kernels use (step = input step × weight step), so the model
+trained is the model onnxruntime runs.
 
 `QuantConv2d` subclasses `nn.Conv2d` and keeps the original `weight` and `bias` parameters, so a
 quantised model's state dict has the float model's keys plus the quantisation parameters
@@ -126,18 +128,36 @@ class QuantConv2d(nn.Conv2d):
         return fake_quantize(x.float(), self._act_clip().float(), self.a_bits,
                              self.act_signed).to(x.dtype)
 
+    def _act_step(self) -> Tensor:
+        levels = torch.where(self.act_signed, float(level_count(self.a_bits, True)),
+                             float(level_count(self.a_bits, False)))
+        return self._act_clip().float() / levels
+
+    def quantized_bias(self, act_step: Tensor) -> Tensor | None:
+        """The bias on the int32 grid of step input_step × weight_step, as integer kernels hold it.
+
+        onnxruntime's integer convolutions round the bias to that grid; at 4 and 2 bits the steps
+        are coarse enough for the rounding to matter, so training sees it too.
+        """
+        if self.bias is None:
+            return None
+        step = act_step * (self._weight_clip().flatten() / level_count(self.w_bits, True))
+        return _round_ste(self.bias / step) * step
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.quantization_enabled:
             return super().forward(x)
         if self.qdq_export:
             return self._qdq_forward(x)
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(),
+                                  self.quantized_bias(self._act_step()))
 
-    def freeze_export_weight(self) -> tuple[Tensor, Tensor]:
-        """The integer weights and per-channel steps the ONNX file stores for this layer.
+    def freeze_for_export(self) -> tuple[Tensor, Tensor]:
+        """Fix this layer's export constants; returns the dequantised weights and their steps.
 
-        Computed once outside the trace and held as plain tensors (not parameters), so the tracer
-        stores the dequantised weights as a constant that the Q/DQ export can find and replace.
+        Computed once outside the trace: weights and bias as plain tensors (not parameters), so
+        the tracer stores them as constants (the Q/DQ export finds the weights by value and
+        stores them as int8), and the activation range as Python numbers.
         """
         with torch.no_grad():
             clip = self._weight_clip()
@@ -146,7 +166,13 @@ class QuantConv2d(nn.Conv2d):
             zero_points = torch.zeros(step.shape, dtype=torch.int32, device=step.device)
             dequantized = torch.fake_quantize_per_channel_affine(weight, step, zero_points,
                                                                  0, -128, 127)
+            signed = bool(self.act_signed)
+            act_clip = float(self._act_clip())
+            act_step = act_clip / level_count(self.a_bits, signed)
+            bias = self.quantized_bias(torch.tensor(act_step, device=step.device))
         self.export_weight = dequantized
+        self.export_bias = bias.detach().clone() if bias is not None else None
+        self.export_activation = (act_clip, act_step, signed)
         return dequantized, step
 
     def _qdq_forward(self, x: Tensor) -> Tensor:
@@ -154,17 +180,15 @@ class QuantConv2d(nn.Conv2d):
 
         Every bit-width from 2 to 8 fits an 8-bit container: values are clipped to the b-bit range
         first and the scale is clip/levels(b), so the int8/uint8 QuantizeLinear lands exactly on
-        the b-bit grid. Scales are Python constants so the exporter stores them as initialisers.
+        the b-bit grid. Scales are Python numbers (from `freeze_for_export`) so the exporter
+        stores them as initialisers.
         """
-        signed = bool(self.act_signed)
-        act_clip = float(self._act_clip())
-        act_step = act_clip / level_count(self.a_bits, signed)
-        lower = -act_clip if signed else 0.0
-        x = torch.clamp(x, lower, act_clip)
+        act_clip, act_step, signed = self.export_activation
+        x = torch.clamp(x, -act_clip if signed else 0.0, act_clip)
         low, high = (-128, 127) if signed else (0, 255)
         x = torch.fake_quantize_per_tensor_affine(x, act_step, 0, low, high)
-        weight = self.export_weight.to(x.dtype)
-        return self._conv_forward(x, weight, self.bias)
+        bias = self.export_bias.to(x.dtype) if self.export_bias is not None else None
+        return self._conv_forward(x, self.export_weight.to(x.dtype), bias)
 
 
 def initial_weight_clip(weight: Tensor, bits: int, candidates: int = 64) -> Tensor:

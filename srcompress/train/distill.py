@@ -204,16 +204,24 @@ def _show(value: Any) -> str:
 
 
 def _normalised(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Paths as strings and sequences as lists, so settings compare equal to their TOML form."""
+    """Absolute paths as strings and sequences as lists, so that settings compare equal to
+    their TOML form and a config file works from any folder."""
     result = dict(settings)
-    for key in ("teacher", "output", "data_root"):
+    for key in ("teacher", "output"):
         if result.get(key) is not None:
             result[key] = str(result[key])
+    if result.get("data_root") is not None:
+        result["data_root"] = str(Path(result["data_root"]).resolve())
     for key in ("train_data", "val_benchmarks", "milestones"):
         if result.get(key) is not None:
             if isinstance(result[key], str | Path):
                 result[key] = [result[key]]
-            result[key] = [str(item) if isinstance(item, Path) else item for item in result[key]]
+            result[key] = list(result[key])
+    if result.get("train_data") is not None:
+        result["train_data"] = [str(Path(folder).resolve()) for folder in result["train_data"]]
+    if result.get("val_benchmarks") is not None:
+        result["val_benchmarks"] = [str(Path(name).resolve()) if Path(name).is_dir() else name
+                                    for name in result["val_benchmarks"]]
     if "method_options" in result:
         result["method_options"] = dict(result["method_options"])
     return result
@@ -286,6 +294,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
     settings["method_options"] = dataclasses.asdict(method.options)
     if settings["train_data"] is None:
         settings["train_data"] = [str(demo_data_folder())]
+
     if settings["output"] is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         stem = Path(settings["teacher"]).stem if teacher is not None else "student"

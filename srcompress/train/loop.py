@@ -239,8 +239,8 @@ class Trainer:
         settings = self.settings
         self.reporter.start(settings.iters, self.iteration)
         loader = patch_loader(self.batches, self.iteration, settings.iters, settings.workers,
-                              pin_memory=self.device.type == "cuda")
-        loader.worker_init_fn = _ignore_stop_signals
+                              pin_memory=self.device.type == "cuda",
+                              worker_init_fn=_ignore_stop_signals)
         window: dict[str, list[float]] = {}
         completed = True
         with _StopRequest() as stop:

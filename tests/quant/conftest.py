@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from srcompress.data.images import list_images, read_image
+from srcompress.data.resize import imresize
 from srcompress.metrics import psnr, to_uint8
 from srcompress.models import LoadedModel, load_model
 from srcompress.train.distill import demo_teacher_path
@@ -69,3 +70,19 @@ def trained_edsr() -> LoadedModel:
         pytest.skip(f"the demo teacher {path} is not built yet "
                     "(run examples/train_demo_teacher.py)")
     return load_model(path)
+
+
+@pytest.fixture(scope="session")
+def float_psnr(trained_edsr: LoadedModel, set5_x2: list[Pair]) -> float:
+    """Set5 PSNR of the float model, measured once for every comparison."""
+    return _mean_psnr(trained_edsr.module, set5_x2)
+
+
+@pytest.fixture(scope="session")
+def calibration_batch(shared_data: Path) -> torch.Tensor:
+    """LR crops of two training photographs: calibration never sees the test images."""
+    crops = []
+    for path in list_images(shared_data / "train" / "SunHays80")[:2]:
+        hr = read_image(path)[:, :192, :192]
+        crops.append(imresize(hr, scale=1 / SCALE).clamp(0, 1))
+    return torch.stack(crops)

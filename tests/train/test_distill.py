@@ -153,3 +153,18 @@ def test_evaluate_takes_the_student_with_no_other_flag(finished_run, shared_data
     assert report["scale"] == 2 and report["results"][0]["images"] == 5
     assert 5 < report["results"][0]["psnr"] < 40
 
+
+
+def test_config_file_is_overridden_by_arguments_and_checked(tiny_teacher: Path,
+                                                           tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('iters = 3\nlr = 0.002\nmethod = "kd"\n[method_options]\nw_kd = 0.5\n')
+    result = distill(tiny_teacher, **TINY, config=config, lr=0.001, val_benchmarks=[],
+                     output=tmp_path / "run")
+    written = (result.output / "config.toml").read_text()
+    assert "iters = 3\n" in written and "lr = 0.001\n" in written and 'method = "kd"' in written
+    assert "w_kd = 0.5\n" in written
+    assert result.metrics["train"][-1]["iteration"] == 3
+    config.write_text("iterations = 3\n")
+    with pytest.raises(UserInputError, match=r"unknown key 'iterations'"):
+        distill(tiny_teacher, config=config, output=tmp_path / "other")
