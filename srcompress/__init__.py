@@ -6,6 +6,7 @@ The library API mirrors the command line: each command is a thin layer over one 
 from srcompress._version import __version__
 from srcompress.errors import SRCompressError, UserInputError, WorkFailedError
 from srcompress.models import LoadedModel, build_model, load_model, save_model
+from srcompress.quant import quantize
 
 __all__ = [
     "LoadedModel",
@@ -15,5 +16,6 @@ __all__ = [
     "__version__",
     "build_model",
     "load_model",
+    "quantize",
     "save_model",
 ]

@@ -40,7 +40,8 @@ def export(
         help="Where to write the .onnx file (default: next to MODEL, same name)."),
     opset: int | None = typer.Option(
         None, "--opset", metavar="N",
-        help="ONNX opset (default: the exporter's own, 20 with torch 2.14; 17 for quantized)."),
+        help="ONNX opset (default 17 with the TorchScript exporter, the dynamo exporter's own "
+        "otherwise)."),
     dynamic: bool = typer.Option(True, "--dynamic/--static",
                                  help="Dynamic height and width, or a fixed --input-size."),
     input_size: str | None = typer.Option(
@@ -56,6 +57,9 @@ def export(
     verify_image: Path | None = typer.Option(
         None, "--verify-image", metavar="IMAGE",
         help="Real image to verify on (default: the demo photograph shipped with srcompress)."),
+    exporter: str = typer.Option(
+        "auto", "--exporter", metavar="auto|torchscript|dynamo",
+        help="torch exporter; auto = TorchScript (fast), else dynamo (torch.export)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     arch: str | None = typer.Option(None, "--arch", metavar="SPEC",
                                     help="Architecture SPEC overriding detection."),
@@ -79,7 +83,7 @@ def export(
         try:
             report = export_onnx(loaded, target, opset=opset, dynamic=dynamic, input_size=size,
                                  fp16=fp16, force=force, atol=atol, verify_image=verify_image,
-                                 progress=lambda message: status.update(message))
+                                 exporter=exporter, progress=lambda message: status.update(message))
         except VerificationFailedError as failure:
             if human_output(json_path):
                 _print(failure.report, written=False)
@@ -95,11 +99,14 @@ def _print(report: ExportReport, written: bool) -> None:
                   show_header=False)
     table.add_row("architecture", f"{report.architecture} x{report.scale}")
     table.add_row("precision", report.precision)
-    table.add_row("opset", str(report.opset))
+    table.add_row("exporter, opset", f"{report.exporter}, {report.opset}")
     table.add_row("input", " x ".join(str(dim) for dim in report.input_shape)
                   + (" (dynamic height and width)" if report.dynamic else " (static)"))
     if report.qdq_nodes:
         table.add_row("Q/DQ nodes", ", ".join(f"{k} {v}" for k, v in report.qdq_nodes.items()))
+    if "quant_storage" in report.metadata:
+        table.add_row("quantization", f"{report.metadata.get('quant_bits', '')}: "
+                      f"{report.metadata['quant_storage']}")
     sizes = ", ".join(f"{h}x{w}" for h, w in report.verification_sizes)
     if report.max_abs_diff is None:
         table.add_row("verification", f"[yellow]not verified[/]: {report.not_verified_reason}")

@@ -81,8 +81,11 @@ def find_body(model: nn.Module) -> tuple[str, list[str]] | None:
     return None if best is None else (best[1], best[2])
 
 
-def default_feature_layers(model: nn.Module) -> list[str]:
-    """The three default tap positions of `model` (fewer for a body of one or two blocks)."""
+def default_positions(model: nn.Module) -> list[tuple[str, float]]:
+    """The default taps of `model` with their depth in the body (fraction of its blocks, tail 1).
+
+    Three positions, fewer for a body of one or two blocks.
+    """
     plain = unwrap(model)
     found = find_body(plain)
     if found is None:
@@ -102,7 +105,12 @@ def default_feature_layers(model: nn.Module) -> list[str]:
         tail = blocks[-1]
     count = len(blocks)
     picks = sorted({max(1, round(count * third / 3)) for third in (1, 2)})
-    return [blocks[pick - 1] for pick in picks if blocks[pick - 1] != tail] + [tail]
+    return [(blocks[pick - 1], pick / count) for pick in picks
+            if blocks[pick - 1] != tail] + [(tail, 1.0)]
+
+
+def default_feature_layers(model: nn.Module) -> list[str]:
+    return [name for name, _ in default_positions(model)]
 
 
 def parse_feature_layers(text: str) -> tuple[list[str], list[str]] | None:
@@ -132,13 +140,23 @@ def feature_layer_pairs(student: nn.Module, teacher: nn.Module,
     given = parse_feature_layers(text)
     if given is not None:
         return given
-    student_layers = default_feature_layers(student)
-    teacher_layers = default_feature_layers(teacher)
-    if len(student_layers) != len(teacher_layers):
-        raise UserInputError(
-            f"the student has {len(student_layers)} default feature positions and the teacher "
-            f"{len(teacher_layers)}; name matching ones with {FLAG} STUDENT=TEACHER,...")
-    return student_layers, teacher_layers
+    student_positions = default_positions(student)
+    teacher_positions = default_positions(teacher)
+    if len(student_positions) == len(teacher_positions):
+        return ([name for name, _ in student_positions],
+                [name for name, _ in teacher_positions])
+    # A body too short for three taps (e.g. two blocks): each of its taps is paired with the
+    # other network's tap at the nearest depth, the deeper one on a tie.
+    short, long = sorted((student_positions, teacher_positions), key=len)
+    available = list(long)
+    matched = []
+    for _, depth in short:
+        nearest = min(available, key=lambda position: (abs(position[1] - depth), -position[1]))
+        available.remove(nearest)
+        matched.append(nearest)
+    matched.sort(key=lambda position: position[1])
+    pairs = ([name for name, _ in short], [name for name, _ in matched])
+    return pairs if short is student_positions else (pairs[1], pairs[0])
 
 
 def _as_image(output: Any, inputs: tuple[Any, ...], name: str) -> Tensor:

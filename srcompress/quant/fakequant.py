@@ -318,7 +318,7 @@ def restore_quantization(model: nn.Module, settings: Mapping[str, object] | str)
 
 
 def quantization_settings(model: nn.Module) -> dict[str, object] | None:
-    """Bits, scope-free layer list of a fake-quant model (None when it is a float model)."""
+    """The bit-widths and quantised layer names of a model (None for a float model)."""
     layers = list(quantized_layers(model))
     if not layers:
         return None

@@ -313,6 +313,9 @@ def _teacher(models: Any, settings: Mapping[str, Any], loaded: Any,
              needed: bool) -> nn.Module | None:
     """The frozen teacher: `--teacher`, else the model's own full-precision weights."""
     if not needed:
+        if settings["teacher"] is not None:
+            raise UserInputError(f"--method {settings['method']} trains without a teacher, so "
+                                 "--teacher would be ignored: drop it or use --method kd/dukd.")
         return None
     if settings["teacher"] is None:
         return copy.deepcopy(loaded.module).eval().requires_grad_(False)

@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from srcompress.models import LoadedModel, save_model
+from srcompress.quant import calibrate, quantize_modules
 
 Students = Callable[..., LoadedModel]
 
@@ -96,3 +97,19 @@ def test_bad_flags_exit_2(cli, checkpoint: Path, arguments: tuple[str, ...],
 def test_missing_model_exits_2(cli, tmp_path: Path) -> None:
     result = cli("export", tmp_path / "missing.safetensors", "--onnx")
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_quantized_checkpoint_is_exported_with_int8_qdq_nodes(
+        cli, tiny_student: Students, verify_image: Path, lr_images: dict, tmp_path: Path) -> None:
+    model = tiny_student("edsr")
+    quantization = quantize_modules(model.module, 8, 8)
+    calibrate(model.module, [lr_images["woman"]])
+    checkpoint = save_model(tmp_path / "quantized.safetensors", model,
+                            quant=quantization.metadata())
+    result = cli("export", checkpoint, "--onnx", "--verify-image", verify_image, "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    layers = len(quantization.quantized)
+    assert report["precision"] == "int8" and report["verified"] is True
+    assert report["qdq_nodes"] == {"QuantizeLinear": layers, "DequantizeLinear": 2 * layers}
+    assert report["metadata"]["quant_format"] == "qdq"

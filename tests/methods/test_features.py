@@ -87,6 +87,16 @@ def test_generic_rule_finds_esrgan_trunk_and_override_by_name() -> None:
     assert (pair.student_channels, pair.teacher_channels) == ([8, 8], [16, 16])
 
 
+def test_short_bodies_pair_taps_by_depth() -> None:
+    two_blocks = EDSR(scale=2, num_feat=16, num_block=2)
+    four_blocks = EDSR(scale=2, num_feat=32, num_block=4)
+    assert default_feature_layers(four_blocks) == ["body.0", "body.2", "conv_after_body"]
+    assert feature_layer_pairs(two_blocks, four_blocks) == (
+        ["body.0", "conv_after_body"], ["body.2", "conv_after_body"])
+    assert feature_layer_pairs(four_blocks, EDSR(scale=2, num_feat=8, num_block=1)) == (
+        ["body.2", "conv_after_body"], ["body.0", "conv_after_body"])
+
+
 def test_bad_feature_layers_name_the_flag() -> None:
     student = EDSR(scale=2, num_feat=8, num_block=3)
     with pytest.raises(UserInputError, match=r"--feature-layers: EDSR has no module 'body.9'"):

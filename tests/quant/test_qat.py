@@ -79,6 +79,13 @@ def test_quantize_refuses_an_already_quantized_model(w4a4_run: QuantizeResult,
     assert not (tmp_path / "again").exists()
 
 
+def test_a_teacher_with_method_none_is_refused(float_model: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="--teacher would be ignored"):
+        quantize(float_model, teacher=float_model, method="none", output=tmp_path / "run",
+                 **TINY_RUN)
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_quantize_json_and_info(float_model: Path, tmp_path: Path, cli) -> None:
     out = cli("quantize", float_model, "--w-bits", "8", "--a-bits", "8", "--method", "none",
               "--iters", "2", "--batch-size", "2", "--patch-size", "16", "--workers", "0",
