@@ -101,6 +101,7 @@ def main() -> None:
         "onnxruntime_cpu_seconds": round(onnx_seconds, 4),
         "speedup_onnxruntime_over_torch": round(torch_seconds / onnx_seconds, 3),
         "max_abs_diff_256": difference, "export_verified_max_abs_diff": report.max_abs_diff,
+        "exporter": report.exporter, "export_seconds": report.export_seconds,
         "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
     }
     print(f"{label} on a {args.size}x{args.size} input ({image_name}), CPU, {threads} threads, "

@@ -57,7 +57,8 @@ def _method_parameters() -> list[inspect.Parameter]:
 
 def distill_command(
     teacher: Path | None = typer.Argument(
-        None, help="Teacher checkpoint (any MODEL srcompress reads); may come from --config."),
+        None, metavar="TEACHER",
+        help="Teacher checkpoint (any MODEL srcompress reads); may come from --config."),
     student: str | None = typer.Option(
         None, "--student", metavar="SPEC",
         help="Student SPEC, preset or file (default: about 1/10 of the teacher's cost)."),

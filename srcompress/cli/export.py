@@ -14,6 +14,7 @@ from srcompress.export import (
     DEFAULT_ATOL,
     ExportReport,
     VerificationFailedError,
+    check_output,
     default_output,
     export_onnx,
     parse_input_size,
@@ -77,6 +78,7 @@ def export(
         raise UserInputError(f"{model} is already an ONNX file: export its checkpoint instead.")
     size = parse_input_size(input_size) if input_size is not None else None
     target = output or default_output(model, fp16)
+    check_output(target, force)
     shown = console if human_output(json_path) else error_console
     loaded = load_model(model, arch=arch)
     with shown.status("exporting") as status:

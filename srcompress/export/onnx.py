@@ -50,7 +50,10 @@ import torch
 from torch import Tensor, nn
 
 from srcompress._version import __version__
+from srcompress.data.images import read_image
+from srcompress.data.resize import imresize
 from srcompress.errors import UserInputError, WorkFailedError
+from srcompress.export.qdq import QDQ_MIN_OPSET, is_quantized_model, qdq_export_mode
 from srcompress.files import atomic_path
 from srcompress.models import LoadedModel
 
@@ -63,6 +66,8 @@ _SMALLEST_VERIFY_SIDE = 24
 # TensorRT and older onnxruntime builds.
 _TORCHSCRIPT_OPSET = 17
 EXPORTERS = ("auto", "torchscript", "dynamo")
+# Pad with reflection and Resize as SR models use them need opset 11.
+_OLDEST_OPSET = 11
 _NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "torch.__trace",
                   "onnxscript")
 
@@ -203,9 +208,17 @@ def parse_input_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def _is_quantized(model: LoadedModel) -> bool:
-    from srcompress.export.qdq import is_quantized_model
+def check_output(output: Path, force: bool) -> None:
+    """Refuse a bad or existing `--output` before any (slow) model loading or export."""
+    if output.suffix.lower() != ".onnx":
+        raise UserInputError(f"--output {output} must end in .onnx.")
+    if output.is_dir():
+        raise UserInputError(f"--output {output} is a folder: give a file name ending in .onnx.")
+    if output.exists() and not force:
+        raise UserInputError(f"{output} already exists: pass --force to overwrite it.")
 
+
+def _is_quantized(model: LoadedModel) -> bool:
     return bool(model.metadata.get("quant")) or is_quantized_model(model.module)
 
 
@@ -217,17 +230,12 @@ def _check_arguments(output: Path, opset: int | None, dynamic: bool,
     if quantized and exporter == "dynamo":
         raise UserInputError("a quantized model is exported by the TorchScript exporter (the one "
                              "that writes Q/DQ nodes): drop --exporter dynamo.")
-    if output.suffix.lower() != ".onnx":
-        raise UserInputError(f"--output {output} must end in .onnx.")
-    if output.is_dir():
-        raise UserInputError(f"--output {output} is a folder: give a file name ending in .onnx.")
-    if output.exists() and not force:
-        raise UserInputError(f"{output} already exists: pass --force to overwrite it.")
+    check_output(output, force)
     if not dynamic and input_size is None:
         raise UserInputError("--static needs --input-size HEIGHTxWIDTH (the LR input size).")
-    if opset is not None and not 7 <= opset <= onnx.defs.onnx_opset_version():
-        raise UserInputError(f"--opset {opset} is not an ONNX opset this installation knows: "
-                             f"use 13 to {onnx.defs.onnx_opset_version()}.")
+    if opset is not None and not _OLDEST_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise UserInputError(f"--opset {opset} is not an opset srcompress exports to: use "
+                             f"{_OLDEST_OPSET} to {onnx.defs.onnx_opset_version()}.")
     if fp16 and quantized:
         raise UserInputError("--fp16 does not apply to a quantized model, whose ONNX file holds "
                              "int8 Q/DQ nodes: drop --fp16.")
@@ -237,8 +245,6 @@ def _check_arguments(output: Path, opset: int | None, dynamic: bool,
 
 def _verification_image(path: str | Path | None) -> tuple[Tensor, str]:
     """The image to verify on, and how the report names it."""
-    from srcompress.data.images import read_image
-
     if path is not None:
         image = read_image(path)
         label = str(path)
@@ -302,8 +308,6 @@ def _crop_or_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
     if target_h <= height and target_w <= width:
         top, left = (height - target_h) // 2, (width - target_w) // 2
         return image[:, top:top + target_h, left:left + target_w].contiguous()
-    from srcompress.data.resize import imresize
-
     return imresize(image, size=(target_h, target_w)).clamp(0, 1)
 
 
@@ -388,8 +392,6 @@ def _export_dynamo(module: nn.Module, sample: Tensor, opset: int | None, dynamic
 
 def _export_quantized(module: nn.Module, sample: Tensor, temporary: Path, opset: int | None,
                       dynamic: bool, arch: str) -> tuple[onnx.ModelProto, dict[str, int]]:
-    from srcompress.export.qdq import QDQ_MIN_OPSET, qdq_export_mode
-
     opset_version = max(opset or _TORCHSCRIPT_OPSET, QDQ_MIN_OPSET)
     try:
         with _quiet_exporter(), qdq_export_mode(module) as qdq:

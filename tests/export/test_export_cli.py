@@ -101,6 +101,7 @@ def test_missing_model_exits_2(cli, tmp_path: Path) -> None:
 
 def test_quantized_checkpoint_is_exported_with_int8_qdq_nodes(
         cli, tiny_student: Students, verify_image: Path, lr_images: dict, tmp_path: Path) -> None:
+    """The `quantize` command's output (a checkpoint with `quant` metadata) → Q/DQ int8 file."""
     model = tiny_student("edsr")
     quantization = quantize_modules(model.module, 8, 8)
     calibrate(model.module, [lr_images["woman"]])
@@ -112,4 +113,10 @@ def test_quantized_checkpoint_is_exported_with_int8_qdq_nodes(
     layers = len(quantization.quantized)
     assert report["precision"] == "int8" and report["verified"] is True
     assert report["qdq_nodes"] == {"QuantizeLinear": layers, "DequantizeLinear": 2 * layers}
-    assert report["metadata"]["quant_format"] == "qdq"
+    assert report["metadata"]["quant_format"] == "qdq" and report["exporter"] == "torchscript"
+    int8_weights = [init for init in onnx.load(report["output"]).graph.initializer
+                    if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4]
+    assert len(int8_weights) == layers
+    refused = cli("export", checkpoint, "--onnx", "--fp16", "--force")
+    assert refused.exit_code == 2
+    assert "--fp16 does not apply to a quantized model" in refused.stderr
