@@ -29,6 +29,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         ) from error
     os.close(handle)
     temporary = Path(name)
+    # mkstemp creates 0600 files; outputs are deliverables, so give them the usual umask mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    temporary.chmod(0o666 & ~umask)
     try:
         yield temporary
         os.replace(temporary, target)
