@@ -57,7 +57,10 @@ from srcompress.export.qdq import QDQ_MIN_OPSET, is_quantized_model, qdq_export_
 from srcompress.files import atomic_path
 from srcompress.models import LoadedModel
 
-DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-2}
+# Quantized graphs are compared on the 99th percentile of |difference| instead of the maximum:
+# integer kernels round a few activations to the neighbouring level, which moves single pixels by
+# a few grey levels, so the criterion is "99 % of values within one grey level".
+DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1 / 255}
 # Verification crops are at most this large: big enough to cover real receptive fields and
 # window padding, small enough that a full-size teacher verifies in seconds on a CPU.
 _VERIFY_HEIGHT, _VERIFY_WIDTH = 90, 70
@@ -88,6 +91,7 @@ class ExportReport:
     input_shape: list[int | str]
     verified: bool
     max_abs_diff: float | None
+    p99_abs_diff: float | None
     atol: float
     verification_provider: str | None
     verification_image: str
@@ -118,7 +122,8 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
                 progress: ProgressCallback | None = None) -> ExportReport:
     """Export `model` to `output` (.onnx) and verify it with onnxruntime against PyTorch.
 
-    `atol` defaults by precision (1e-4 fp32, 1e-2 fp16 and int8). With `dynamic`, height and
+    `atol` defaults by precision (1e-4 fp32, 1e-2 fp16, one grey level on 99 % of values for
+    quantized models). With `dynamic`, height and
     width are symbolic and `input_size` (h, w) only sets the traced and verified size; static
     exports need it. `exporter` is `auto` (TorchScript, else dynamo), `torchscript` or `dynamo`.
     Raises UserInputError for bad arguments, an existing output without `force`, an unwritable
@@ -168,14 +173,17 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
                + ", ".join(f"{h}x{w}" for h, w in sizes))
         started = time.perf_counter()
         references = _torch_outputs(module, inputs)
-        difference, provider, reason = _onnxruntime_difference(temporary, inputs, references,
-                                                               precision)
+        differences, provider, reason = _onnxruntime_difference(temporary, inputs, references,
+                                                                precision)
+        worst, p99 = differences if differences else (None, None)
+        difference = p99 if quantized else worst
+        criterion = "99 % of values" if quantized else "up to"
         report = ExportReport(
             output=str(output), architecture=model.arch, scale=model.scale, precision=precision,
             exporter=exporter_used, opset=actual_opset, dynamic=dynamic,
             input_shape=_input_shape(proto),
             verified=difference is not None and difference <= tolerance,
-            max_abs_diff=difference, atol=tolerance, verification_provider=provider,
+            max_abs_diff=worst, p99_abs_diff=p99, atol=tolerance, verification_provider=provider,
             verification_image=image_label, verification_sizes=[list(size) for size in sizes],
             not_verified_reason=reason, export_seconds=round(export_seconds, 3),
             verify_seconds=round(time.perf_counter() - started, 3),
@@ -183,8 +191,9 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
             metadata={entry.key: entry.value for entry in proto.metadata_props})
         if difference is not None and not difference <= tolerance:
             raise VerificationFailedError(
-                f"Verification failed: onnxruntime ({provider}) differs from PyTorch by up to "
-                f"{difference:.3g} on {image_label}, above --atol {tolerance:g}; {output} was not "
+                f"Verification failed: onnxruntime ({provider}) differs from PyTorch by "
+                f"{criterion} {difference:.3g} on {image_label}, above --atol {tolerance:g}; "
+                f"{output} was not "
                 f"written{_other_exporter_hint(exporter, exporter_used, quantized)}.", report)
     return report
 
@@ -541,8 +550,10 @@ def _providers_for(precision: str) -> list[str]:
 
 
 def _onnxruntime_difference(path: Path, inputs: list[Tensor], references: list[np.ndarray],
-                            precision: str) -> tuple[float | None, str | None, str | None]:
-    """Max |onnxruntime - PyTorch| over all inputs, the provider used, or why it was not run.
+                            precision: str,
+                            ) -> tuple[tuple[float, float] | None, str | None, str | None]:
+    """Max and 99th percentile of |onnxruntime - PyTorch| over all inputs, the provider used, or
+    why it was not run.
 
     An fp16 graph that no available provider can load is reported as not verified rather than
     failed; any other load or run error is a failed export.
@@ -563,7 +574,7 @@ def _onnxruntime_difference(path: Path, inputs: list[Tensor], references: list[n
             "nothing was written.") from error
     provider = session.get_providers()[0]
     input_name = session.get_inputs()[0].name
-    worst = 0.0
+    differences = []
     for batch, reference in zip(inputs, references, strict=True):
         try:
             result = session.run(None, {input_name: batch.numpy()})[0]
@@ -577,5 +588,6 @@ def _onnxruntime_difference(path: Path, inputs: list[Tensor], references: list[n
                 f"the exported model turns a {batch.shape[-2]}x{batch.shape[-1]} input into "
                 f"{tuple(result.shape)} where PyTorch gives {tuple(reference.shape)}; nothing "
                 "was written.")
-        worst = max(worst, float(np.abs(result.astype(np.float64) - reference).max()))
-    return worst, provider, None
+        differences.append(np.abs(result.astype(np.float64) - reference).ravel())
+    everything = np.concatenate(differences)
+    return (float(everything.max()), float(np.percentile(everything, 99))), provider, None
