@@ -132,6 +132,28 @@ def table(arguments: argparse.Namespace, teacher: Path, runs: list[dict]) -> str
     return "\n".join(lines)
 
 
+def paired_differences(arguments: argparse.Namespace, runs: list[dict]) -> str:
+    """Per-seed PSNR differences between methods: the seeds share data order and initial
+    weights, so their spread is much smaller than the spread of each method over seeds."""
+    by_key = {(run["method"], run["seed"]): run for run in runs}
+    pairs = [(method, "scratch") for method in arguments.methods if method != "scratch"]
+    if "dukd" in arguments.methods and "kd" in arguments.methods:
+        pairs.append(("dukd", "kd"))
+    lines = []
+    for method, baseline in pairs:
+        if baseline not in arguments.methods:
+            continue
+        shown = []
+        for name in SETS:
+            deltas = [by_key[(method, seed)]["results"][name]["psnr"]
+                      - by_key[(baseline, seed)]["results"][name]["psnr"]
+                      for seed in arguments.seeds]
+            shown.append(f"{name} {mean_std(deltas, 3)} dB "
+                         f"({', '.join(f'{delta:+.3f}' for delta in deltas)})")
+        lines.append(f"- {method} − {baseline}, per seed: " + "; ".join(shown))
+    return "\n".join(lines)
+
+
 def write_results(path: Path, section: str) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
     block = f"{BEGIN}\n{section}\n{END}"
@@ -197,9 +219,10 @@ def main() -> None:
         "evaluated (Y channel, border = scale). Mean ± sample std over seeds; s/iter measured "
         f"on {rank_device(arguments.device)} with {torch.get_num_threads()} torch threads on a "
         "shared machine.",
-        "", markdown, "",
+        "", markdown, "", "Paired PSNR differences (same seed: same data order and initial "
+        "student weights):", "", paired_differences(arguments, runs), "",
         f"Command ({datetime.date.today().isoformat()}):", "", "```", command, "```"])
-    print("\n" + markdown)
+    print("\n" + markdown + "\n\n" + paired_differences(arguments, runs))
     write_results(arguments.results, section)
     print(f"\nwrote {arguments.results}")
 
