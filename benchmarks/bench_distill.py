@@ -12,6 +12,7 @@ RSS the process had before its first iteration (the models and data), whose diff
 training itself needs.
 
     .venv/bin/python benchmarks/bench_distill.py        # the paper's pair (minutes per step on CPU)
+    .venv/bin/python benchmarks/bench_distill.py --variants scratch,kd,dukd,"dukd two-step"
     .venv/bin/python benchmarks/bench_distill.py --teacher edsr:num_feat=64,num_block=8 \\
         --student edsr:num_feat=16,num_block=8 --batch-size 4 --patch-size 24   # a quick look
 """
@@ -110,8 +111,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+                        help="comma-separated subset of: " + ", ".join(VARIANTS)
+                        + " (kd is always measured: ratios are to it)")
     parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    unknown = sorted(set(arguments.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]}; choose from {', '.join(VARIANTS)}")
 
     if arguments.only:
         print(json.dumps(measure(arguments, arguments.only)))
@@ -120,7 +128,7 @@ def main() -> None:
     n_sub = create_method("dukd").options.n_sub
     work = 1 + n_sub + 1 / arguments.scale**2
     results = {}
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if v in arguments.variants or v == "kd"]:
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", variant],
                                capture_output=True, text=True, check=False)
         if child.returncode != 0:
@@ -144,6 +152,8 @@ def main() -> None:
         training = measured["peak_mib"] - measured["baseline_mib"]
         print(f"| {variant} | {measured['seconds_per_iter']:.3f} | {ratio:.3f} | {expected} | "
               f"{measured['peak_mib']:.0f} | {training:.0f} | {training / kd_training:.2f} |")
+    if "dukd" not in results:
+        return
     dukd_ratio = results["dukd"]["seconds_per_iter"] / kd["seconds_per_iter"]
     print(f"\ndukd/kd measured {dukd_ratio:.3f} vs work ratio 1 + n_sub + 1/s^2 = {work:.3f} "
           f"({100 * (dukd_ratio / work - 1):+.1f} %)")
