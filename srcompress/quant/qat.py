@@ -6,10 +6,11 @@ engine: the same Trainer, run folder, progress, validation and resume as `distil
 full-precision model (or `teacher`) as the frozen teacher. `method="dukd"` (default) trains on
 DUKD's upcycled data too, `"kd"` on the pairs only, `"none"` with the plain L1 loss.
 
-Settings resolve as in `distill` (defaults ← `config` TOML ← arguments; on resume the run's own
-`config.toml` wins and only `RESUMABLE_CHANGES` may differ). The run folder holds
-`quantized.safetensors` (the final, EMA, weights with their quantisation parameters and the `quant`
-metadata that `load_model` rebuilds them from) instead of `student.safetensors`.
+Settings resolve as in `distill` (see `srcompress.train.settings`: defaults ← `config` TOML ←
+arguments; on resume the run's own `config.toml` wins and only `RESUMABLE_CHANGES` may differ).
+The run folder holds `quantized.safetensors` (the final, EMA, weights with their quantisation
+parameters and the `quant` metadata that `load_model` rebuilds them from) instead of
+`student.safetensors`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 import torch
 from torch import nn
 
@@ -39,25 +37,20 @@ from srcompress.quant.fakequant import (
     is_quantized,
     quantize_modules,
 )
-from srcompress.train import distill as distill_api
 from srcompress.train import distributed
-from srcompress.train.loop import Reporter, Trainer, ValidationResults
+from srcompress.train import settings as run_settings
+from srcompress.train.distill import demo_data_folder
+from srcompress.train.loop import Reporter, Trainer
+from srcompress.train.settings import TRAINING_DEFAULTS
 from srcompress.train.state import RunFolder
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 # `none` is the comparison without a teacher: the student's own L1 loss (the `scratch` method).
 QAT_METHODS = {"dukd": "dukd", "kd": "kd", "none": "scratch"}
 
 DEFAULTS: dict[str, Any] = {
-    **{key: value for key, value in distill_api.DEFAULTS.items()
-       if key not in ("teacher", "student")},
+    **TRAINING_DEFAULTS,
     "model": None,
     "teacher": None,  # None: a frozen copy of the model's own full-precision weights
-    "method": "dukd",
     "w_bits": 8,
     "a_bits": 8,
     "scope": "body",
@@ -65,7 +58,6 @@ DEFAULTS: dict[str, Any] = {
     # Fine-tuning starts from a trained model, so it needs far fewer iterations than distillation.
     "iters": 30_000,
 }
-RESUMABLE_CHANGES = distill_api.RESUMABLE_CHANGES
 QUANTIZED_FILE = "quantized.safetensors"
 
 
@@ -148,71 +140,18 @@ def quantize(
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The settings of a `--config` TOML file, checked against the known keys."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserInputError(f"The config file {path} does not exist: check --config.") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise UserInputError(f"The config file {path} is not valid TOML ({error}): fix it or "
-                             "drop --config.") from None
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise UserInputError(
-            f"The config file {path} has an unknown key '{unknown[0]}': valid keys are "
-            f"{', '.join(sorted(DEFAULTS))}.")
-    return data
+    return run_settings.read_config(path, DEFAULTS)
 
 
 def resolve_settings(given: Mapping[str, Any], resume: bool) -> dict[str, Any]:
-    """Defaults ← given values, or on resume the run's own config ← the allowed changes."""
-    given = _normalised(given)
-    if not resume:
-        return _checked({**DEFAULTS, **given})
-    if given.get("output") is None:
-        raise UserInputError("--resume needs --output: the folder of the run to continue.")
-    saved_path = QuantRunFolder(given["output"]).config
-    if not saved_path.is_file():
-        raise UserInputError(
-            f"--resume found no run configuration at {saved_path}: pass the --output folder of "
-            "the run to continue, or drop --resume to start a new run.")
-    saved = _normalised({**DEFAULTS, **read_config(saved_path)})
-    for key, value in given.items():
-        if key in RESUMABLE_CHANGES or key in ("model", "teacher") or value == saved.get(key):
-            continue
-        if key == "method_options" and all(str(saved[key].get(k)).lower() == str(v).lower()
-                                           for k, v in value.items()):
-            continue
-        raise UserInputError(
-            f"{_flag(key)} {_show(value)} differs from the run being resumed "
-            f"({_show(saved.get(key))}): drop it, or start a new run without --resume.")
-    changes = {key: value for key, value in given.items() if key in RESUMABLE_CHANGES}
-    return _checked({**saved, **changes})
+    """Defaults ← given values, or on resume the run's own config ← the allowed changes.
 
-
-def _flag(key: str) -> str:
-    names = {"val_benchmarks": "--val-benchmark", "train_data": "--train-data",
-             "method_options": "the method options", "scope": "--quantize-all"}
-    return names.get(key, "--" + key.replace("_", "-"))
-
-
-def _show(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, list | dict) else str(value)
-
-
-def _normalised(settings: Mapping[str, Any]) -> dict[str, Any]:
-    result = dict(settings)
-    for key in ("model", "teacher", "output", "data_root"):
-        if result.get(key) is not None:
-            result[key] = str(result[key])
-    for key in ("train_data", "val_benchmarks", "milestones"):
-        if result.get(key) is not None:
-            if isinstance(result[key], str | Path):
-                result[key] = [result[key]]
-            result[key] = [str(item) if isinstance(item, Path) else item for item in result[key]]
-    if "method_options" in result:
-        result["method_options"] = dict(result["method_options"])
-    return result
+    On resume MODEL (required on the command line) and the teacher are not compared with the
+    saved ones, which the run keeps: the checkpoint continues the quantised model it was made from.
+    """
+    settings = run_settings.resolve_settings(given, resume, DEFAULTS,
+                                             kept_on_resume=frozenset({"model", "teacher"}))
+    return _checked(settings)
 
 
 def _checked(settings: dict[str, Any]) -> dict[str, Any]:
@@ -229,15 +168,14 @@ def _checked(settings: dict[str, Any]) -> dict[str, Any]:
     batches = settings["calibration_batches"]
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise UserInputError(f"--calibration-batches must be a whole number of at least 1, got "
-                             f"{_show(batches)}.")
-    training = {key: value for key, value in settings.items() if key in distill_api.DEFAULTS}
-    return {**settings, **distill_api._checked(training)}
+                             f"{run_settings.show(batches)}.")
+    return run_settings.check_training_settings(settings)
 
 
 def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> QuantizeResult:
     from srcompress import models
 
-    device = distill_api._device(settings["device"])
+    device = run_settings.resolve_device(settings["device"])
     method = create_method(QAT_METHODS[settings["method"]], **settings["method_options"])
     loaded = models.load_model(settings["model"], device="cpu")
     if is_quantized(loaded.module):
@@ -254,7 +192,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> Q
                               settings["scope"])
     settings["method_options"] = dataclasses.asdict(method.options)
     if settings["train_data"] is None:
-        settings["train_data"] = [str(distill_api.demo_data_folder())]
+        settings["train_data"] = [str(demo_data_folder())]
     if settings["output"] is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         bits = f"w{settings['w_bits']}a{settings['a_bits']}"
@@ -285,11 +223,12 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> Q
                 f"{settings['method']}, output {run.root}")
         if not resume:
             _calibrate(loaded.module, batches, settings["calibration_batches"], device)
-        validate = (_validator(settings, scale, device) if settings["val_benchmarks"] else None)
+        validate = (run_settings.validator(settings, scale, device) if settings["val_benchmarks"]
+                    else None)
+        save_weights = _weight_writer(loaded, settings, report)
         trainer = Trainer(
-            loaded.module, teacher, method, batches, distill_api._train_settings(settings),
-            device, run, place, validate=validate,
-            save_weights=_weight_writer(models, loaded, settings, report), reporter=reporter)
+            loaded.module, teacher, method, batches, run_settings.train_settings(settings),
+            device, run, place, validate=validate, save_weights=save_weights, reporter=reporter)
         if resume:
             trainer.load_state(run.load_checkpoint())
         try:
@@ -298,9 +237,8 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> Q
             trainer.close()
         if completed and place.is_main:
             last = trainer.record.validations[-1] if trainer.record.validations else {}
-            _weight_writer(models, loaded, settings, report)(
-                str(run.student), trainer.final_module,
-                {"iteration": trainer.iteration, **last})
+            save_weights(str(run.student), trainer.final_module,
+                         {"iteration": trainer.iteration, **last})
         place.barrier()
     finally:
         distributed.teardown(place)
@@ -336,39 +274,16 @@ def _calibrate(module: nn.Module, batches: PatchBatches, count: int,
     calibrate(module, (batches[iteration][0].to(device) for iteration in range(count)))
 
 
-def _validator(settings: Mapping[str, Any], scale: int, device: torch.device):
-    """Y-PSNR/SSIM on the validation benchmarks, with the project's evaluation protocol."""
-    from srcompress.evaluation import evaluate
-
-    benchmarks = list(settings["val_benchmarks"])
-
-    def validate(module: nn.Module) -> ValidationResults:
-        results = evaluate(module, benchmarks=benchmarks, scale=scale,
-                           data_root=settings["data_root"], device=str(device))
-        return {result["benchmark"]: {"psnr": result["psnr"], "ssim": result["ssim"]}
-                for result in results["results"]}
-
-    return validate
-
-
 def config_toml(settings: Mapping[str, Any]) -> str:
     """The settings as a `--config` file (None values are left out: TOML has no null)."""
-    header = ("# srcompress quantize: every setting of this run; repeat it with\n"
-              "# srcompress quantize MODEL --config config.toml --output NEW_FOLDER\n")
-    plain = {key: value for key, value in settings.items() if value is not None}
-    return header + tomli_w.dumps(plain)
+    return run_settings.config_toml(settings, "quantize MODEL")
 
 
-def _weight_writer(models: Any, loaded: Any, settings: Mapping[str, Any],
-                   report: QuantizationReport):
+def _weight_writer(loaded: Any, settings: Mapping[str, Any],
+                   report: QuantizationReport) -> run_settings.WeightWriter:
     """Saves a fake-quant module with its `quant` metadata and the run's (rank 0 only)."""
-    def write(path: str, module: nn.Module, measured: Mapping[str, Any]) -> None:
-        quantized = dataclasses.replace(loaded, module=module)
-        teacher = (Path(settings["teacher"]).name if settings["teacher"] is not None
-                   else f"{Path(settings['model']).name} (full precision)")
-        models.save_model(path, quantized, quant=report.metadata(),
-                          quant_method=settings["method"], quant_teacher=teacher,
-                          quantized_from=Path(settings["model"]).name, metrics=dict(measured),
-                          seed=settings["seed"], iterations=settings["iters"])
-
-    return write
+    teacher = (Path(settings["teacher"]).name if settings["teacher"] is not None
+               else f"{Path(settings['model']).name} (full precision)")
+    return run_settings.weight_writer(
+        loaded, settings, quant=report.metadata(), quant_method=settings["method"],
+        quant_teacher=teacher, quantized_from=Path(settings["model"]).name)
