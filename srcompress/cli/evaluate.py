@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from srcompress.cli import app
+from srcompress.cli import app, inference_flags
 from srcompress.cli.common import JSON_OPTION, console, emit_json, error_console, human_output
 from srcompress.evaluation import evaluate
 
@@ -33,20 +33,17 @@ def evaluate_command(
     data_root: Path | None = typer.Option(
         None, "--data-root", help="Where benchmarks live (default: $SRCOMPRESS_DATA, else "
         "~/.cache/srcompress/datasets)."),
-    scale: int | None = typer.Option(None, "--scale",
-                                     help="Upscaling factor (default: the model's)."),
+    scale: int | None = inference_flags.SCALE_OPTION,
     crop_border: int | None = typer.Option(None, "--crop-border",
                                            help="Pixels ignored on every side (default: scale)."),
     y_channel: bool = typer.Option(True, "--y-channel/--rgb",
                                    help="Measure on BT.601 luma (as papers do) or on RGB."),
     tile: int | None = typer.Option(None, "--tile", help="Run in tiles of N LR pixels."),
-    tile_pad: int = typer.Option(10, "--tile-pad", help="Context pixels around each tile."),
-    self_ensemble: bool = typer.Option(False, "--self-ensemble",
-                                       help="Average over 8 flips/rotations (x8 slower)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA only)."),
-    arch: str | None = typer.Option(None, "--arch", metavar="SPEC",
-                                    help="Architecture SPEC overriding detection."),
+    tile_pad: int = inference_flags.TILE_PAD_OPTION,
+    self_ensemble: bool = inference_flags.SELF_ENSEMBLE_OPTION,
+    device: str = inference_flags.DEVICE_OPTION,
+    fp16: bool = inference_flags.FP16_OPTION,
+    arch: str | None = inference_flags.ARCH_OPTION,
     save_images: Path | None = typer.Option(
         None, "--save-images", metavar="DIR",
         help="Write SR outputs and bicubic | model | ground-truth comparison crops here."),

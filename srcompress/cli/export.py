@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from srcompress.cli import app
+from srcompress.cli import app, inference_flags
 from srcompress.cli.common import JSON_OPTION, console, emit_json, error_console, human_output
 from srcompress.errors import UserInputError
 from srcompress.export import (
@@ -62,8 +62,7 @@ def export(
         "auto", "--exporter", metavar="auto|torchscript|dynamo",
         help="torch exporter; auto = TorchScript (fast), else dynamo (torch.export)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
-    arch: str | None = typer.Option(None, "--arch", metavar="SPEC",
-                                    help="Architecture SPEC overriding detection."),
+    arch: str | None = inference_flags.ARCH_OPTION,
     json_path: str | None = JSON_OPTION,
 ) -> None:
     """Export MODEL to ONNX and check it against PyTorch with onnxruntime before keeping it.

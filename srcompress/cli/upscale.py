@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from srcompress.cli import app
+from srcompress.cli import app, inference_flags
 from srcompress.cli.common import JSON_OPTION, console, emit_json, error_console, human_output
 from srcompress.inference import upscale
 
@@ -27,16 +27,13 @@ def upscale_command(
     inputs: list[Path] = typer.Argument(..., metavar="INPUT...", help="Images or folders."),
     output: Path = typer.Option(..., "--output", "-o", metavar="DIR",
                                 help="Folder for the results, named <stem>_x<scale>.png."),
-    scale: int | None = typer.Option(None, "--scale",
-                                     help="Upscaling factor (default: the model's)."),
+    scale: int | None = inference_flags.SCALE_OPTION,
     tile: int | None = typer.Option(None, "--tile", help="Run in tiles of N input pixels."),
-    tile_pad: int = typer.Option(10, "--tile-pad", help="Context pixels around each tile."),
-    self_ensemble: bool = typer.Option(False, "--self-ensemble",
-                                       help="Average over 8 flips/rotations (x8 slower)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    fp16: bool = typer.Option(False, "--fp16", help="Half precision (CUDA only)."),
-    arch: str | None = typer.Option(None, "--arch", metavar="SPEC",
-                                    help="Architecture SPEC overriding detection."),
+    tile_pad: int = inference_flags.TILE_PAD_OPTION,
+    self_ensemble: bool = inference_flags.SELF_ENSEMBLE_OPTION,
+    device: str = inference_flags.DEVICE_OPTION,
+    fp16: bool = inference_flags.FP16_OPTION,
+    arch: str | None = inference_flags.ARCH_OPTION,
     json_path: str | None = JSON_OPTION,
 ) -> None:
     """Super-resolve images or folders of images with any MODEL."""

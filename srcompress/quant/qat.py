@@ -41,6 +41,7 @@ from srcompress.train import distributed
 from srcompress.train import settings as run_settings
 from srcompress.train.distill import demo_data_folder
 from srcompress.train.loop import Reporter, Trainer
+from srcompress.train.runs import open_run_folder, train_to_end
 from srcompress.train.settings import TRAINING_DEFAULTS
 from srcompress.train.state import RunFolder
 
@@ -210,11 +211,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> Q
     batches = PatchBatches(data, settings["patch_size"], settings["batch_size"], settings["seed"],
                            rank=place.rank)
     try:
-        if place.is_main:
-            run.prepare(resume)
-            if not resume:
-                run.write_config(config_toml(settings))
-        place.barrier()
+        open_run_folder(run, place, resume, config_toml(settings))
         if reporter is not None and place.is_main:
             reporter.message(
                 f"{len(data.images)} training images ({memory_bytes(data) / 2**20:.0f} MiB), "
@@ -229,17 +226,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> Q
         trainer = Trainer(
             loaded.module, teacher, method, batches, run_settings.train_settings(settings),
             device, run, place, validate=validate, save_weights=save_weights, reporter=reporter)
-        if resume:
-            trainer.load_state(run.load_checkpoint())
-        try:
-            completed = trainer.train()
-        finally:
-            trainer.close()
-        if completed and place.is_main:
-            last = trainer.record.validations[-1] if trainer.record.validations else {}
-            save_weights(str(run.student), trainer.final_module,
-                         {"iteration": trainer.iteration, **last})
-        place.barrier()
+        completed = train_to_end(trainer, run, place, resume, save_weights)
     finally:
         distributed.teardown(place)
     metrics = trainer.record.as_dict(trainer.iteration)

@@ -24,6 +24,7 @@ from srcompress.methods import create_method
 from srcompress.train import distributed
 from srcompress.train import settings as run_settings
 from srcompress.train.loop import Reporter, Trainer
+from srcompress.train.runs import open_run_folder, train_to_end
 from srcompress.train.settings import RESUMABLE_CHANGES, TRAINING_DEFAULTS
 from srcompress.train.state import RunFolder
 
@@ -156,11 +157,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
     place = distributed.setup(device)
     run = RunFolder(settings["output"])
     try:
-        if place.is_main:
-            run.prepare(resume)
-            if not resume:
-                run.write_config(config_toml(settings))
-        place.barrier()
+        open_run_folder(run, place, resume, config_toml(settings))
         if data.skipped and place.is_main and reporter is not None:
             reporter.message(f"Skipped {len(data.skipped)} training image(s) smaller than one "
                              f"patch: {', '.join(data.skipped)}.")
@@ -175,17 +172,7 @@ def _run(settings: dict[str, Any], resume: bool, reporter: Reporter | None) -> D
                          rank=place.rank),
             run_settings.train_settings(settings), device, run, place, validate=validate,
             save_weights=save_weights, reporter=reporter)
-        if resume:
-            trainer.load_state(run.load_checkpoint())
-        try:
-            completed = trainer.train()
-        finally:
-            trainer.close()
-        if completed and place.is_main:
-            last = trainer.record.validations[-1] if trainer.record.validations else {}
-            save_weights(str(run.student), trainer.final_module,
-                         {"iteration": trainer.iteration, **last})
-        place.barrier()
+        completed = train_to_end(trainer, run, place, resume, save_weights)
     finally:
         distributed.teardown(place)
     metrics = trainer.record.as_dict(trainer.iteration)
