@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_doc import replace_section
 
 from srcompress import models
 from srcompress.evaluation import evaluate
@@ -35,7 +36,6 @@ from srcompress.train.distributed import rank_device
 from srcompress.train.loop import Reporter, ValidationResults
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-BEGIN, END = "<!-- distill_small:begin -->", "<!-- distill_small:end -->"
 SETS = ("Set5", "Set14")
 
 
@@ -154,17 +154,6 @@ def paired_differences(arguments: argparse.Namespace, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", type=Path, default=demo_teacher_path(2))
@@ -223,7 +212,7 @@ def main() -> None:
         "student weights):", "", paired_differences(arguments, runs), "",
         f"Command ({datetime.date.today().isoformat()}):", "", "```", command, "```"])
     print("\n" + markdown + "\n\n" + paired_differences(arguments, runs))
-    write_results(arguments.results, section)
+    replace_section(arguments.results, "distill_small", section)
     print(f"\nwrote {arguments.results}")
 
 

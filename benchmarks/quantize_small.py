@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from results_doc import replace_section
 
 from srcompress.data.training import PatchBatches, load_training_images
 from srcompress.evaluation import evaluate
-from srcompress.files import atomic_path
 from srcompress.models import load_model
 from srcompress.quant import calibrate, quantize, quantize_modules
 from srcompress.train.distill import demo_data_folder, demo_teacher_path
@@ -34,8 +34,6 @@ from srcompress.train.distill import demo_data_folder, demo_teacher_path
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "data" / "benchmarks"
 BENCHMARKS = ("Set5", "Set14")
-START = "<!-- quantize_small:start -->"
-END = "<!-- quantize_small:end -->"
 
 
 def scores(model: object, scale: int, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
@@ -64,18 +62,6 @@ def row(label: str, bits: str, method: str, result: dict[str, tuple[float, float
     cells.append(f"{result['Set14'][0] - reference['Set14'][0]:+.2f}")
     cells.append(f"{seconds:.0f}" if seconds is not None else "")
     return "| " + " | ".join(cells) + " |"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace this script's section of `path` (or append it), atomically."""
-    old = path.read_text(encoding="utf-8") if path.is_file() else "# Results\n"
-    section = f"{START}\n{text.rstrip()}\n{END}"
-    if START in old and END in old:
-        new = old[:old.index(START)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + section + "\n"
-    with atomic_path(path) as temporary:
-        temporary.write_text(new, encoding="utf-8")
 
 
 def main() -> None:
@@ -146,7 +132,7 @@ def main() -> None:
         header,
         *rows,
     ])
-    write_section(Path(args.results), text)
+    replace_section(Path(args.results), "quantize_small", text)
     print(f"table written to {args.results}")
 
 
