@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor
 
-from srcompress.methods.features import FeatureDistillation
+from srcompress.methods.features import FeatureDistillation, feature_layers_option
 
 
 def spatial_affinity(features: Tensor) -> Tensor:
@@ -31,9 +31,7 @@ class FAKDOptions:
     w_feat: float = field(default=1.0, metadata={
         "help": "weight of the ℓ1 between spatial affinity matrices, summed over positions",
         "min": 0.0})
-    feature_layers: str = field(default="", metadata={
-        "help": "tap positions: module names, comma-separated, STUDENT=TEACHER where they "
-                "differ (default: thirds of the body)"})
+    feature_layers: str = feature_layers_option()
 
 
 class FAKD(FeatureDistillation):

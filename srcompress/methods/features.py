@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import field
 from typing import Any
 
 import torch
@@ -111,6 +112,13 @@ def default_positions(model: nn.Module) -> list[tuple[str, float]]:
 
 def default_feature_layers(model: nn.Module) -> list[str]:
     return [name for name, _ in default_positions(model)]
+
+
+def feature_layers_option() -> Any:
+    """The `feature_layers` option every feature method declares (a fresh dataclass field each)."""
+    return field(default="", metadata={
+        "help": "tap positions: module names, comma-separated, STUDENT=TEACHER where they "
+                "differ (default: thirds of the body)"})
 
 
 def parse_feature_layers(text: str) -> tuple[list[str], list[str]] | None:

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from srcompress.methods.features import FeatureDistillation, TapPair, adapter
+from srcompress.methods.features import (
+    FeatureDistillation,
+    TapPair,
+    adapter,
+    feature_layers_option,
+)
 
 
 @dataclass(frozen=True)
@@ -23,9 +28,7 @@ class FitNetOptions:
     w_feat: float = field(default=0.1, metadata={
         "help": "weight of the feature ℓ2 (relative to the teacher feature's energy), summed "
                 "over positions", "min": 0.0})
-    feature_layers: str = field(default="", metadata={
-        "help": "tap positions: module names, comma-separated, STUDENT=TEACHER where they "
-                "differ (default: thirds of the body)"})
+    feature_layers: str = feature_layers_option()
 
 
 class FitNet(FeatureDistillation):

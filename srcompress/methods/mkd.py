@@ -62,6 +62,7 @@ from srcompress.methods.features import (
     adapter,
     as_constant,
     crop_to_common,
+    feature_layers_option,
     helper_initialisation,
     unwrap,
 )
@@ -89,9 +90,7 @@ class KnowledgeOptions:
         "help": "α of the one-step look-ahead θ' = θ − α∇θ L_S", "min": 0.0})
     meta_every: int = field(default=1, metadata={
         "help": "take the meta step every N iterations (1: every iteration)", "min": 1})
-    feature_layers: str = field(default="", metadata={
-        "help": "tap positions: module names, comma-separated, STUDENT=TEACHER where they "
-                "differ (default: thirds of the body)"})
+    feature_layers: str = feature_layers_option()
 
 
 @dataclass(frozen=True)
