@@ -12,8 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# lint-imports through this venv's python, so the checked package is this checkout's.
+LINT_IMPORTS := $(BIN)/python -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(LINT_IMPORTS) --no-cache
 	$(BIN)/python -m pytest -q
 
 # Distills the shipped demo teacher on the shipped demo images, then prints bicubic / teacher /
@@ -23,6 +27,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(LINT_IMPORTS) --no-cache
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

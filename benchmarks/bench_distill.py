@@ -30,8 +30,8 @@ import torch
 
 from srcompress import models
 from srcompress.data.training import PatchBatches, load_training_images
+from srcompress.demo import demo_data_folder
 from srcompress.methods import create_method
-from srcompress.train.distill import demo_data_folder
 from srcompress.train.distributed import Distributed, rank_device
 from srcompress.train.loop import Reporter, Trainer, TrainSettings
 

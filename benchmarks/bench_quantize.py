@@ -30,10 +30,10 @@ import onnxruntime
 import torch
 
 from srcompress.data.images import read_image
+from srcompress.demo import demo_data_folder
 from srcompress.export.onnx import export_onnx
 from srcompress.models import LoadedModel, build_model, load_model
 from srcompress.quant import calibrate, quantize_modules
-from srcompress.train.distill import demo_data_folder
 
 CALIBRATION_IMAGE = demo_data_folder() / "astronaut.png"
 

@@ -29,9 +29,10 @@ import torch
 from results_doc import replace_section
 
 from srcompress import models
+from srcompress.demo import demo_teacher_path
 from srcompress.evaluation import evaluate
 from srcompress.files import atomic_path
-from srcompress.train.distill import demo_teacher_path, distill
+from srcompress.train.distill import distill
 from srcompress.train.distributed import rank_device
 from srcompress.train.loop import Reporter, ValidationResults
 

@@ -26,10 +26,11 @@ import torch
 from results_doc import replace_section
 
 from srcompress.data.training import PatchBatches, load_training_images
+from srcompress.demo import demo_data_folder, demo_teacher_path
 from srcompress.evaluation import evaluate
 from srcompress.models import load_model
-from srcompress.quant import calibrate, quantize, quantize_modules
-from srcompress.train.distill import demo_data_folder, demo_teacher_path
+from srcompress.quant import calibrate, quantize_modules
+from srcompress.train.quantize import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = ROOT.parent / "shared" / "data" / "benchmarks"

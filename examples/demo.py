@@ -21,9 +21,10 @@ from rich.table import Table
 
 from srcompress import models
 from srcompress.data.benchmarks import find_benchmark
+from srcompress.demo import demo_data_folder, demo_teacher_path
 from srcompress.errors import UserInputError
 from srcompress.evaluation import evaluate
-from srcompress.train.distill import demo_data_folder, demo_teacher_path, distill
+from srcompress.train.distill import distill
 from srcompress.train.progress import RichReporter
 
 

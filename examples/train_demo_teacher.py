@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from srcompress import models
-from srcompress.train.distill import demo_data_folder, demo_teacher_path, distill
+from srcompress.demo import demo_data_folder, demo_teacher_path
+from srcompress.train.distill import distill
 from srcompress.train.progress import RichReporter
 
 TEACHER_SPEC = "edsr:num_feat=32,num_block=4"

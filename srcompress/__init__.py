@@ -14,8 +14,8 @@ from srcompress.evaluation import evaluate
 from srcompress.export.onnx import export_onnx
 from srcompress.inference import upscale
 from srcompress.models import LoadedModel, build_model, load_model, save_model
-from srcompress.quant import quantize
 from srcompress.train.distill import distill
+from srcompress.train.quantize import quantize
 
 __all__ = [
     "LoadedModel",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from srcompress.data.images import list_images, read_image, write_image
 from srcompress.data.resize import imresize
 from srcompress.errors import UserInputError, WorkFailedError
+from srcompress.models import LoadedModel, load_model
 
 _SMALLEST_TILE = 16
 
@@ -255,8 +256,6 @@ def make_runner(model: object, scale: int | None = None, device: str = "auto", f
 
 
 def _make_runner(model: object, options: RunnerOptions) -> Runner:
-    from srcompress.models import LoadedModel, load_model
-
     if isinstance(model, Runner) and not isinstance(model, nn.Module):
         return model
     if isinstance(model, LoadedModel):

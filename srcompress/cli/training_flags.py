@@ -1,10 +1,12 @@
-"""The flags that `srcompress distill` and `srcompress quantize` share, defined once so that the two
-training commands cannot drift apart.
+"""The flags and the report that `srcompress distill` and `srcompress quantize` share, made once so
+that the two training commands cannot drift apart.
 
 A training command declares only its own arguments, then `*, json_path` and `**flags`;
-`add_training_flags` gives it the shared training flags (listed before --json in --help) and one
+`add_training_flags` gives it one flag per settings key that declares a help text (from the
+command's settings class, `srcompress.train.settings`, listed before --json in --help) and one
 flag per method option (after it), and `training_arguments` turns the values Typer passes in
-`**flags` into the keyword arguments of `distill()`/`quantize()`.
+`**flags` into the keyword arguments of `distill()`/`quantize()`. `report_run` prints and writes
+the outcome, on rank 0 only under torchrun.
 
 Every option of every training method gets its own flag (`--w-rec`, `--n-sub`, `--zoom-out/
 --no-zoom-out`, ...), generated from the method registry's declared options, so a method added to
@@ -15,6 +17,8 @@ keeps the method's default (or the value from `--config`).
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,82 +26,66 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from srcompress.cli.common import console
+from srcompress.cli.common import console, emit_json, human_output
 from srcompress.errors import UserInputError
 from srcompress.methods import method_options
-from srcompress.quant.qat import QuantizeResult
-from srcompress.train.distill import DistillResult
+from srcompress.train.distributed import from_environment
+from srcompress.train.run import RunResult
+from srcompress.train.settings import TrainingSettings
 
 METHOD_PANEL = "Method options (a flag applies to the methods named in its help)"
 
-# Training flags whose value goes to the library unchanged, under the same name.
-_PASSED_AS_IS = ("train_data", "val_every", "data_root", "scale", "iters", "batch_size",
-                 "patch_size", "lr", "schedule", "gamma", "grad_clip", "seed", "device", "amp",
-                 "ema", "workers", "config", "output", "save_every", "log_every", "resume")
+_NO_VALIDATION = inspect.Parameter(
+    "no_validation", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--no-validation", help="Train without validating (no best.safetensors)."))
+# Flags that are not settings keys: where the settings come from.
+_SOURCE_FLAGS: dict[str, tuple[Any, Any]] = {
+    "config": (Path | None, typer.Option(
+        None, "--config", help="TOML file with the same keys (flags win); a run's config.toml "
+        "repeats it.")),
+    "resume": (bool, typer.Option(
+        False, "--resume", help="Continue the run in --output from its last checkpoint.")),
+}
 
 
-def training_parameters(*, scale_help: str, iters_help: str, ema_help: str,
-                        output_help: str) -> list[inspect.Parameter]:
-    """The shared training flags, in --help order; the four texts differ between the commands
-    (what the scale and output default to, how long a run is, what the EMA averages)."""
-    flags: dict[str, tuple[Any, Any]] = {
-        "train_data": (list[Path] | None, typer.Option(
-            None, "--train-data", metavar="DIR",
-            help="Folder of HR images, or HR/ + LR_bicubic/X<s>/ (repeatable; default: the demo "
-            "images shipped with srcompress).")),
-        "val_benchmark": (list[str] | None, typer.Option(
-            None, "--val-benchmark", metavar="NAME",
-            help="Validation benchmark name or folder (repeatable; default: Set5).")),
-        "no_validation": (bool, typer.Option(
-            False, "--no-validation", help="Train without validating (no best.safetensors).")),
-        "val_every": (int | None, typer.Option(
-            None, "--val-every", help="Iterations between validations (default: 5000, and at the "
-            "end).")),
-        "data_root": (Path | None, typer.Option(
-            None, "--data-root", help="Where benchmarks live (default: $SRCOMPRESS_DATA, else "
-            "~/.cache/srcompress/datasets).")),
-        "scale": (int | None, typer.Option(None, "--scale", help=scale_help)),
-        "iters": (int | None, typer.Option(None, "--iters", help=iters_help)),
-        "batch_size": (int | None, typer.Option(
-            None, "--batch-size", help="Patches per iteration and process (default: 16).")),
-        "patch_size": (int | None, typer.Option(
-            None, "--patch-size", help="LR patch side in pixels (default: 48).")),
-        "lr": (float | None, typer.Option(
-            None, "--lr", help="Adam learning rate (default: 1e-4).")),
-        "schedule": (str | None, typer.Option(
-            None, "--schedule", help="multistep (x gamma at each milestone) or cosine "
-            "(default: multistep).")),
-        "milestones": (str | None, typer.Option(
-            None, "--milestones", metavar="F,F",
-            help="Multistep milestones as fractions of --iters (default: 0.4,0.8).")),
-        "gamma": (float | None, typer.Option(
-            None, "--gamma", help="Multistep factor (default: 0.1).")),
-        "grad_clip": (float | None, typer.Option(
-            None, "--grad-clip", help="Clip the gradient norm to this value, 0 = off "
-            "(default: 0).")),
-        "seed": (int | None, typer.Option(None, "--seed", help="Random seed (default: 0).")),
-        "device": (str | None, typer.Option(
-            None, "--device", help="auto, cpu, cuda or cuda:N (default: auto).")),
-        "amp": (bool | None, typer.Option(
-            None, "--amp/--no-amp", help="bf16/fp16 mixed precision on CUDA (default: on).")),
-        "ema": (float | None, typer.Option(None, "--ema", help=ema_help)),
-        "workers": (int | None, typer.Option(
-            None, "--workers", help="Data loader processes (default: 2).")),
-        "config": (Path | None, typer.Option(
-            None, "--config", help="TOML file with the same keys (flags win); a run's "
-            "config.toml repeats it.")),
-        "output": (Path | None, typer.Option(None, "--output", help=output_help)),
-        "save_every": (int | None, typer.Option(
-            None, "--save-every", help="Iterations between resumable checkpoints "
-            "(default: 1000).")),
-        "log_every": (int | None, typer.Option(
-            None, "--log-every", help="Iterations between loss entries in metrics.json "
-            "(default: 100).")),
-        "resume": (bool, typer.Option(
-            False, "--resume", help="Continue the run in --output from its last checkpoint.")),
-    }
-    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
-                              default=option) for name, (kind, option) in flags.items()]
+def training_parameters(settings: type[TrainingSettings]) -> list[inspect.Parameter]:
+    """One flag per key of `settings` that declares a help text: the command's own keys first,
+    then the shared ones in declaration order (`--no-validation` after `--val-benchmark`), then
+    `--config` and `--resume`.
+
+    The flag's type follows the key's: `--x/--no-x` for a bool, a repeatable flag for a list of
+    paths or names, comma-separated numbers for a list of numbers.
+    """
+    kinds = settings.key_types()
+    parameters = []
+    for key in settings.key_names():
+        declaration = settings.declaration(key)
+        if declaration.help is None:
+            continue
+        kind = _flag_type(kinds[key])
+        flag = settings.flag(key)
+        names = f"{flag}/--no-{flag.removeprefix('--')}" if kind is bool else flag
+        parameters.append(inspect.Parameter(
+            key, inspect.Parameter.KEYWORD_ONLY, annotation=kind | None,
+            default=typer.Option(None, names, help=declaration.help,
+                                 metavar=declaration.metavar, show_default=False)))
+        if key == "val_benchmarks":
+            parameters.append(_NO_VALIDATION)
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                                     default=option) for name, (kind, option) in
+                   _SOURCE_FLAGS.items()]
+    return parameters
+
+
+def _flag_type(kind: Any) -> Any:
+    """The Typer type of a settings key's flag: a list of numbers is typed as 0.4,0.8 (see
+    `number_list`), any other list by repeating the flag."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        (kind,) = [argument for argument in typing.get_args(kind) if argument is not type(None)]
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return str if item is float else list[item]
+    return kind
 
 
 def method_parameters(methods: Mapping[str, str]) -> list[inspect.Parameter]:
@@ -142,46 +130,70 @@ def add_training_flags(command: Callable[..., None], training: list[inspect.Para
     return command
 
 
-def training_arguments(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """The library's keyword arguments for the shared training flags and method-option flags in
-    `flags` (None for what was left out, so that `--config` or the defaults decide)."""
+def training_arguments(flags: Mapping[str, Any],
+                       settings: type[TrainingSettings]) -> dict[str, Any]:
+    """The library's keyword arguments for the training flags and method-option flags in `flags`
+    (None for what was left out, so that `--config` or the defaults decide)."""
     values = dict(flags)
-    no_validation, val_benchmark = values.pop("no_validation"), values.pop("val_benchmark")
-    if no_validation and val_benchmark:
+    no_validation = values.pop("no_validation")
+    if no_validation and values["val_benchmarks"]:
         raise UserInputError("--no-validation and --val-benchmark contradict each other: "
                              "keep one.")
-    milestones = values.pop("milestones")
-    arguments = {name: values.pop(name) for name in _PASSED_AS_IS}
+    arguments = {name: values.pop(name) for name in (*_SOURCE_FLAGS, *settings.key_names())
+                 if name in values}
+    if no_validation:
+        arguments["val_benchmarks"] = []
+    elif not arguments["val_benchmarks"]:
+        arguments["val_benchmarks"] = None
+    kinds = settings.key_types()
+    for key in arguments.keys() & set(kinds):
+        if list[float] in (kinds[key], *typing.get_args(kinds[key])):
+            arguments[key] = number_list(arguments[key], settings.flag(key))
     chosen_options = {key: value for key, value in values.items() if value is not None}
-    return {**arguments, "val_benchmarks": [] if no_validation else val_benchmark or None,
-            "milestones": milestone_fractions(milestones),
-            "method_options": chosen_options or None}
+    return {**arguments, "method_options": chosen_options or None}
 
 
-def milestone_fractions(text: str | None) -> list[float] | None:
+def number_list(text: str | None, flag: str) -> list[float] | None:
     """`--milestones 0.4,0.8` as numbers; the library checks their range."""
     if text is None:
         return None
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UserInputError(f"--milestones must be comma-separated fractions such as 0.4,0.8, "
-                             f"got {text!r}.") from None
+        raise UserInputError(f"{flag} must be comma-separated numbers such as 0.4,0.8, got "
+                             f"{text!r}.") from None
 
 
-def print_outcome(result: DistillResult | QuantizeResult, weights_label: str,
-                  weights: Path) -> None:
-    """How to continue a stopped run; for a finished one its validations and where its final
-    (`weights`) and best weights are."""
-    if not result.completed:
-        console.print(f"[yellow]Stopped at iteration {result.metrics['iteration']}[/]; the "
-                      f"checkpoint is saved: continue with --output {result.output} --resume.")
+def report_run(result: RunResult, json_path: str | None, weights: tuple[str, str],
+               summary: str | None = None, **report: Any) -> None:
+    """The outcome of a run, from rank 0 only (under torchrun every rank returns the result).
+
+    `weights` is the final weights' label and `--json` key (`("Student", "student")`). A stopped
+    run says how to continue it; a finished one shows its validations and where its final and best
+    weights are, after the command's `summary`; `--json` gets the run's report plus `report`.
+    """
+    if not from_environment().is_main:
         return
-    _print_validations(result.metrics)
-    width = len(weights_label) + 1
-    console.print(f"{weights_label + ':':<{width}} [bold]{weights}[/]")
-    if result.best is not None:
-        console.print(f"{'Best:':<{width}} {result.best}")
+    label, key = weights
+    if human_output(json_path):
+        if summary is not None:
+            console.print(summary)
+        if not result.completed:
+            console.print(f"[yellow]Stopped at iteration {result.metrics['iteration']}[/]; the "
+                          f"checkpoint is saved: continue with --output {result.output} "
+                          "--resume.")
+        else:
+            _print_validations(result.metrics)
+            width = len(label) + 1
+            console.print(f"{label + ':':<{width}} [bold]{result.weights}[/]")
+            if result.best is not None:
+                console.print(f"{'Best:':<{width}} {result.best}")
+    emit_json({"output": str(result.output), "completed": result.completed,
+               key: str(result.weights) if result.completed else None,
+               "best": str(result.best) if result.best else None, **report,
+               "iteration": result.metrics["iteration"],
+               "best_validation": result.metrics["best"],
+               "validations": result.metrics["validations"]}, json_path)
 
 
 def _print_validations(metrics: Mapping[str, Any]) -> None:

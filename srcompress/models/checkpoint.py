@@ -31,6 +31,7 @@ from srcompress.models.registry import (
     get_architecture,
 )
 from srcompress.models.spec import parse_spec
+from srcompress.quant import restore_quantization
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
 FORMAT_KEY = "srcompress_format"
@@ -154,8 +155,6 @@ def _from_metadata(state: StateDict, metadata: dict[str, str], source: Any) -> L
         raise UserInputError(f"{source} has incomplete srcompress metadata ({error}).") from error
     module = get_architecture(arch_name).build(settings, scale)
     if decoded.get("quant"):
-        from srcompress.quant import restore_quantization
-
         module = restore_quantization(module, decoded["quant"])
     _load_weights(module, state, source, arch_name)
     return LoadedModel(module, arch_name, settings, scale, decoded, str(source))

@@ -1,35 +1,46 @@
-"""The run settings that every training command (`distill`, `quantize`) shares.
+"""The settings of a training run: one typed declaration per key, shared by distill and quantize.
 
-A run's settings come from three layers, later ones winning: the command's defaults, a TOML file
+A run's settings come from three layers, later ones winning: the declared defaults, a TOML file
 (`config=`, the same keys as the arguments), and the arguments that are not None. The resolved
 settings are written to the run folder's `config.toml`, which is itself a valid `config=` file, so
-a run can be repeated. Keeping this machinery in one place means both commands read, check, resume
-and record their settings the same way; each command adds only its own keys on top of
-`TRAINING_DEFAULTS` and its own checks on top of `check_training_settings`.
+a run can be repeated.
 
-On resume the run folder's `config.toml` is the run: arguments may change only what does not alter
-the training itself (`RESUMABLE_CHANGES`); any other difference is refused rather than silently
-producing a run that is neither the old one nor a new one. `iters` may be raised to train longer
-(the schedule then follows the new total).
+Each key is declared once, as a field of a settings dataclass made with `setting()`: its type (the
+annotation), its default, its command-line flag and help (from which the CLI generates the flag),
+and what may happen to it on resume. `TrainingSettings` holds the keys every training command
+shares; `DistillSettings` and `QuantizeSettings` (beside `distill()` and `quantize()`) add their
+own and may re-declare a shared key with another default or help. Adding a key is one declaration
+here plus the keyword argument of the library function (a test checks that they agree).
+
+Every value is checked against its declared type wherever it comes from (a TOML file, an
+argument), with one sentence naming the key, before anything else happens; `check()` then refuses
+out-of-range values.
+
+On resume the run folder's `config.toml` is the run: a key declared `Resume.FIXED` (the default)
+must not change, since that would silently produce a run that is neither the old one nor a new
+one; `Resume.CHANGES` keys (how long, where, on what hardware) take the given value; `Resume.KEPT`
+keys (input files, which may be passed by another path) keep the saved value. `iters` may be raised
+to train longer (the schedule then follows the new total).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
+import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomli_w
-import torch
-from torch import nn
 
 from srcompress.errors import UserInputError
-from srcompress.train import distributed
-from srcompress.train.loop import SCHEDULES, TrainSettings, ValidationResults
+from srcompress.train.loop import SCHEDULES, TrainSettings
 from srcompress.train.state import RunFolder
 
 if sys.version_info >= (3, 11):
@@ -37,94 +48,306 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "method": "dukd",
-    "train_data": None,  # None: the demo images shipped with srcompress
-    "val_benchmarks": ["Set5"],
-    "val_every": 5000,
-    "data_root": None,
-    "scale": None,
-    "iters": 250_000,
-    "batch_size": 16,
-    "patch_size": 48,
-    "lr": 1e-4,
-    "schedule": "multistep",
-    "milestones": [0.4, 0.8],
-    "gamma": 0.1,
-    "grad_clip": 0.0,
-    "seed": 0,
-    "device": "auto",
-    "amp": True,
-    "ema": 0.999,
-    "workers": 2,
-    "output": None,
-    "save_every": 1000,
-    "log_every": 100,
-    "method_options": {},
-}
-
-RESUMABLE_CHANGES = frozenset({"iters", "workers", "device", "amp", "data_root", "output",
-                               "save_every", "val_every", "log_every"})
-
-_POSITIVE_INTS = ("iters", "batch_size", "patch_size", "val_every", "save_every", "log_every")
-
-# Settings whose command-line flag is not simply `--` + the key with dashes.
-_FLAG_NAMES = {"val_benchmarks": "--val-benchmark", "train_data": "--train-data",
-               "method_options": "the method options", "scope": "--quantize-all"}
-
-WeightWriter = Callable[[str, nn.Module, Mapping[str, Any]], None]
+Settings = TypeVar("Settings", bound="TrainingSettings")
 
 
-def read_config(path: str | Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of a `--config` TOML file; a key not in `defaults` is refused, since a typo
-    would otherwise be ignored silently."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserInputError(f"The config file {path} does not exist: check --config.") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
-        raise UserInputError(f"The config file {path} is not valid TOML ({error}): fix it or "
-                             "drop --config.") from None
-    unknown = sorted(set(data) - set(defaults))
-    if unknown:
-        raise UserInputError(
-            f"The config file {path} has an unknown key '{unknown[0]}': valid keys are "
-            f"{', '.join(sorted(defaults))}.")
-    return data
+class Resume(enum.Enum):
+    """What a key's given value does when a run is resumed."""
+
+    FIXED = "must equal the run's value"
+    CHANGES = "replaces the run's value"
+    KEPT = "is ignored; the run's value stays"
 
 
-def resolve_settings(given: Mapping[str, Any], resume: bool, defaults: Mapping[str, Any], *,
-                     replaced_on_resume: frozenset[str] = RESUMABLE_CHANGES,
-                     kept_on_resume: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`defaults` ← `given`, or on resume the run's own config ← the allowed changes.
+@dataclasses.dataclass(frozen=True)
+class Declaration:
+    """A key's declaration besides its type and default (kept in the field's metadata)."""
 
-    On resume a given key in `replaced_on_resume` overrides the saved value; a key in
-    `kept_on_resume` is not compared (an input file may be passed by another path) and the saved
-    value stays; any other given key must equal the saved value. The result is not yet checked
-    (see `check_training_settings`), so that each command can add its own checks.
+    flag: str | None  # the command-line flag, as error messages name it
+    help: str | None  # None: the command declares its flag itself (an argument, a special flag)
+    resume: Resume
+    metavar: str | None
+    normalise: Callable[[Any], Any] | None  # applied to a checked value, e.g. absolute paths
+
+
+def setting(default: Any, *, help: str | None = None, flag: str | None = None,
+            resume: Resume = Resume.FIXED, metavar: str | None = None,
+            normalise: Callable[[Any], Any] | None = None) -> Any:
+    """A settings field: `default`, and the `Declaration` of the key (see the module docstring).
+
+    `flag` defaults to `--` + the key with dashes; a key with `help` gets that flag generated on
+    every command whose settings have the key.
     """
-    given = normalised(given)
-    if not resume:
-        return {**defaults, **given}
-    if given.get("output") is None:
-        raise UserInputError("--resume needs --output: the folder of the run to continue.")
-    saved_path = RunFolder(given["output"]).config
-    if not saved_path.is_file():
-        raise UserInputError(
-            f"--resume found no run configuration at {saved_path}: pass the --output folder of "
-            "the run to continue, or drop --resume to start a new run.")
-    saved = normalised({**defaults, **read_config(saved_path, defaults)})
-    for key, value in given.items():
-        if key in replaced_on_resume or key in kept_on_resume or value == saved.get(key):
-            continue
-        if key == "method_options" and _options_agree(value, saved["method_options"]):
-            continue
-        raise UserInputError(
-            f"{flag_name(key)} {show(value)} differs from the run being resumed "
-            f"({show(saved.get(key))}): drop it, or start a new run without --resume.")
-    changes = {key: value for key, value in given.items() if key in replaced_on_resume}
-    return {**saved, **changes}
+    declaration = Declaration(flag, help, resume, metavar, normalise)
+    metadata = {"declaration": declaration}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default),
+                                 metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _absolute(path: Path | None) -> Path | None:
+    return None if path is None else path.resolve()
+
+
+def _absolute_folders(folders: list[Path] | None) -> list[Path] | None:
+    return None if folders is None else [folder.resolve() for folder in folders]
+
+
+def _absolute_benchmark_folders(names: list[str]) -> list[str]:
+    """A benchmark given as a folder is kept as its absolute path, a name as it is."""
+    return [str(Path(name).resolve()) if Path(name).is_dir() else name for name in names]
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """The keys every training command shares; a command's subclass adds its own."""
+
+    method: str = setting("dukd")
+    train_data: list[Path] | None = setting(
+        None, flag="--train-data", metavar="DIR", normalise=_absolute_folders,
+        help="Folder of HR images, or HR/ + LR_bicubic/X<s>/ (repeatable; default: the demo "
+        "images shipped with srcompress).")
+    val_benchmarks: list[str] = setting(
+        ["Set5"], flag="--val-benchmark", metavar="NAME", normalise=_absolute_benchmark_folders,
+        help="Validation benchmark name or folder (repeatable; default: Set5).")
+    val_every: int = setting(
+        5000, resume=Resume.CHANGES,
+        help="Iterations between validations (default: 5000, and at the end).")
+    data_root: Path | None = setting(
+        None, resume=Resume.CHANGES, normalise=_absolute,
+        help="Where benchmarks live (default: $SRCOMPRESS_DATA, else "
+        "~/.cache/srcompress/datasets).")
+    scale: int | None = setting(None, help="Upscaling factor.")
+    iters: int = setting(250_000, resume=Resume.CHANGES, help="Training iterations.")
+    batch_size: int = setting(16, help="Patches per iteration and process (default: 16).")
+    patch_size: int = setting(48, help="LR patch side in pixels (default: 48).")
+    lr: float = setting(1e-4, help="Adam learning rate (default: 1e-4).")
+    schedule: str = setting(
+        "multistep", help="multistep (x gamma at each milestone) or cosine (default: multistep).")
+    milestones: list[float] = setting(
+        [0.4, 0.8], metavar="F,F",
+        help="Multistep milestones as fractions of --iters (default: 0.4,0.8).")
+    gamma: float = setting(0.1, help="Multistep factor (default: 0.1).")
+    grad_clip: float = setting(
+        0.0, help="Clip the gradient norm to this value, 0 = off (default: 0).")
+    seed: int = setting(0, help="Random seed (default: 0).")
+    device: str = setting("auto", resume=Resume.CHANGES,
+                          help="auto, cpu, cuda or cuda:N (default: auto).")
+    amp: bool = setting(True, resume=Resume.CHANGES,
+                        help="bf16/fp16 mixed precision on CUDA (default: on).")
+    ema: float = setting(0.999, help="EMA decay of the weights, 0 = off (default: 0.999).")
+    workers: int = setting(2, resume=Resume.CHANGES, help="Data loader processes (default: 2).")
+    output: Path | None = setting(None, resume=Resume.CHANGES, help="Run folder.")
+    save_every: int = setting(
+        1000, resume=Resume.CHANGES,
+        help="Iterations between resumable checkpoints (default: 1000).")
+    log_every: int = setting(
+        100, resume=Resume.CHANGES,
+        help="Iterations between loss entries in metrics.json (default: 100).")
+    method_options: dict[str, Any] = setting({}, flag="the method options")
+
+    # The line at the top of config.toml that repeats the run (set by each command).
+    COMMAND: typing.ClassVar[str] = ""
+
+    @classmethod
+    def key_names(cls) -> list[str]:
+        """The keys, the command's own first (as --help and config.toml list them), then the
+        shared ones in declaration order."""
+        shared = {field.name for field in dataclasses.fields(TrainingSettings)}
+        names = [field.name for field in dataclasses.fields(cls)]
+        return [name for name in names if name not in shared] + [
+            name for name in names if name in shared]
+
+    @classmethod
+    def declaration(cls, key: str) -> Declaration:
+        return _fields(cls)[key].metadata["declaration"]
+
+    @classmethod
+    def flag(cls, key: str) -> str:
+        """The command-line flag of a key, so that error messages name what the user typed."""
+        return cls.declaration(key).flag or "--" + key.replace("_", "-")
+
+    @classmethod
+    def key_types(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The declared keys of a library function's `arguments` (its `locals()`) that are not
+        None, checked."""
+        given = {key: arguments[key] for key in cls.key_names() if arguments.get(key) is not None}
+        return cls._checked_values(given, "")
+
+    @classmethod
+    def read_config(cls, path: str | Path) -> dict[str, Any]:
+        """The settings of a `--config` TOML file, checked; a key not declared is refused, since
+        a typo would otherwise be ignored silently."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserInputError(f"The config file {path} does not exist: check --config.") \
+                from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise UserInputError(f"The config file {path} is not valid TOML ({error}): fix it or "
+                                 "drop --config.") from None
+        unknown = sorted(set(data) - set(cls.key_names()))
+        if unknown:
+            raise UserInputError(
+                f"The config file {path} has an unknown key '{unknown[0]}': valid keys are "
+                f"{', '.join(sorted(cls.key_names()))}.")
+        return cls._checked_values(data, f"The config file {path} sets ")
+
+    @classmethod
+    def resolve(cls: type[Settings], given: Mapping[str, Any], resume: bool) -> Settings:
+        """Defaults ← `given` (checked values), or on resume the run's own config ← the changes
+        its keys' `Resume` declarations allow; then `check()`ed."""
+        if not resume:
+            return cls(**given).check()
+        if given.get("output") is None:
+            raise UserInputError("--resume needs --output: the folder of the run to continue.")
+        saved_path = RunFolder(given["output"]).config
+        if not saved_path.is_file():
+            raise UserInputError(
+                f"--resume found no run configuration at {saved_path}: pass the --output folder "
+                "of the run to continue, or drop --resume to start a new run.")
+        saved = cls(**cls.read_config(saved_path))
+        changes = {}
+        for key, value in given.items():
+            rule = cls.declaration(key).resume
+            if rule is Resume.CHANGES:
+                changes[key] = value
+            elif rule is Resume.FIXED and value != getattr(saved, key) and not (
+                    key == "method_options" and _options_agree(value, saved.method_options)):
+                raise UserInputError(
+                    f"{cls.flag(key)} {show(value)} differs from the run being resumed "
+                    f"({show(getattr(saved, key))}): drop it, or start a new run without "
+                    "--resume.")
+        return dataclasses.replace(saved, **changes).check()
+
+    @classmethod
+    def _checked_values(cls, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """`values` converted to their keys' declared types and normalised; a value of another
+        type is refused with one sentence naming the key (`source` says where it was set)."""
+        kinds = cls.key_types()
+        checked = {}
+        for key, value in values.items():
+            try:
+                typed = _typed(value, kinds[key])
+            except _WrongType as wrong:
+                written = json.dumps(_plain(value), default=str)
+                subject = (f"{source}{key} to {written}" if source
+                           else f"The setting {key} is {written}")
+                raise UserInputError(f"{subject}, but {key} must be {wrong.expected}: fix the "
+                                     "value or leave it out.") from None
+            normalise = cls.declaration(key).normalise
+            checked[key] = normalise(typed) if normalise is not None else typed
+        return checked
+
+    def check(self: Settings) -> Settings:
+        """Refuses out-of-range values before any work starts; a command's subclass adds its
+        own checks. Returns the settings."""
+        for key in ("iters", "batch_size", "patch_size", "val_every", "save_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise UserInputError(f"{self.flag(key)} must be a whole number of at least 1, got "
+                                     f"{show(getattr(self, key))}.")
+        ranges = {"lr": (False, math.inf, "above 0"), "gamma": (False, math.inf, "above 0"),
+                  "ema": (True, 1.0, "from 0 (off) up to, not including, 1"),
+                  "grad_clip": (True, math.inf, "of 0 (off) or more")}
+        for key, (zero_allowed, high, wanted) in ranges.items():
+            value = getattr(self, key)
+            if not ((value >= 0.0 if zero_allowed else value > 0.0) and value < high):
+                raise UserInputError(f"{self.flag(key)} must be a number {wanted}, got "
+                                     f"{show(value)}.")
+        if self.schedule not in SCHEDULES:
+            raise UserInputError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
+                                 f"{self.schedule!r}.")
+        if not all(0 < milestone < 1 for milestone in self.milestones):
+            raise UserInputError("--milestones must be fractions of --iters between 0 and 1, got "
+                                 f"{show(self.milestones)}.")
+        if self.workers < 0:
+            raise UserInputError(f"--workers must be 0 or more, got {self.workers}.")
+        if self.seed < 0:
+            raise UserInputError(f"--seed must be a whole number of 0 or more, got {self.seed}.")
+        if self.scale is not None and self.scale not in (2, 3, 4, 8):
+            raise UserInputError(f"--scale must be 2, 3, 4 or 8, got {self.scale}.")
+        return self
+
+    def loop_settings(self) -> TrainSettings:
+        """The part of the run settings that the training loop itself needs."""
+        return TrainSettings(
+            iters=self.iters, lr=self.lr, schedule=self.schedule,
+            milestones=tuple(self.milestones), gamma=self.gamma, ema=self.ema,
+            grad_clip=self.grad_clip, amp=self.amp, seed=self.seed, workers=self.workers,
+            val_every=self.val_every, save_every=self.save_every, log_every=self.log_every)
+
+    def config_toml(self) -> str:
+        """The settings as a `--config` file, headed by the command line that repeats the run
+        (None values are left out: TOML has no null)."""
+        name = self.COMMAND.split()[0]
+        header = (f"# srcompress {name}: every setting of this run; repeat it with\n"
+                  f"# srcompress {self.COMMAND} --config config.toml --output NEW_FOLDER\n")
+        plain = {key: _plain(getattr(self, key))
+                 for key in self.key_names() if getattr(self, key) is not None}
+        return header + tomli_w.dumps(plain)
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {field.name: field for field in dataclasses.fields(cls)}
+
+
+class _WrongType(Exception):
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+_DESCRIPTIONS = {bool: "true or false", int: "a whole number", float: "a number",
+                 str: "a string", Path: "a path string"}
+
+
+def _typed(value: Any, kind: Any) -> Any:
+    """`value` as the declared `kind` (str, int, float, bool, Path, list[...], dict[str, ...],
+    optionally `| None`), accepting only what means the same: an int for a float, a string for a
+    path, one path for a list of paths. Raises `_WrongType` otherwise."""
+    origin, arguments = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        if value is None:
+            return None
+        (kind,) = [argument for argument in arguments if argument is not type(None)]
+        return _typed(value, kind)
+    if origin is list:
+        (item,) = arguments
+        expected = f"a list of {_DESCRIPTIONS[item].removeprefix('a ')}s"
+        if item is Path and isinstance(value, str | os.PathLike):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise _WrongType(expected)
+        try:
+            return [_typed(element, item) for element in value]
+        except _WrongType:
+            raise _WrongType(expected) from None
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise _WrongType("a table of key = value pairs")
+        return dict(value)
+    if kind is Path and isinstance(value, str | os.PathLike):
+        return Path(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise _WrongType(_DESCRIPTIONS[kind])
+
+
+def _plain(value: Any) -> Any:
+    """A setting's value as TOML can write it (paths as strings)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(element) for element in value]
+    return value
 
 
 def _options_agree(given: Mapping[str, Any], saved: Mapping[str, Any]) -> bool:
@@ -133,146 +356,7 @@ def _options_agree(given: Mapping[str, Any], saved: Mapping[str, Any]) -> bool:
                for key, value in given.items())
 
 
-def flag_name(key: str) -> str:
-    """The command-line flag of a setting, so that error messages name what the user typed."""
-    return _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
-
-
 def show(value: Any) -> str:
     """A setting's value as the user would write it in a message (lists and tables as JSON)."""
+    value = _plain(value)
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
-
-
-def normalised(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Absolute paths as strings and sequences as lists, so that settings compare equal to
-    their TOML form and a config file works from any folder."""
-    result = dict(settings)
-    for key in ("model", "teacher", "output"):
-        if result.get(key) is not None:
-            result[key] = str(result[key])
-    if result.get("data_root") is not None:
-        result["data_root"] = str(Path(result["data_root"]).resolve())
-    for key in ("train_data", "val_benchmarks", "milestones"):
-        if result.get(key) is not None:
-            if isinstance(result[key], str | Path):
-                result[key] = [result[key]]
-            result[key] = list(result[key])
-    if result.get("train_data") is not None:
-        result["train_data"] = [str(Path(folder).resolve()) for folder in result["train_data"]]
-    if result.get("val_benchmarks") is not None:
-        result["val_benchmarks"] = [str(Path(name).resolve()) if Path(name).is_dir() else name
-                                    for name in result["val_benchmarks"]]
-    if "method_options" in result:
-        result["method_options"] = dict(result["method_options"])
-    return result
-
-
-def check_training_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Refuses out-of-range training settings before any work starts, and gives the numbers the
-    types the trainer expects (a TOML `lr = 1` is an int). Returns `settings`, updated."""
-    for key in _POSITIVE_INTS:
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserInputError(f"{flag_name(key)} must be a whole number of at least 1, got "
-                                 f"{show(value)}.")
-    ranges = {"lr": (0.0, False, math.inf, "above 0"), "gamma": (0.0, False, math.inf, "above 0"),
-              "ema": (0.0, True, 1.0, "from 0 (off) up to, not including, 1"),
-              "grad_clip": (0.0, True, math.inf, "of 0 (off) or more")}
-    for key, (low, low_allowed, high, wanted) in ranges.items():
-        value = settings[key]
-        in_range = (isinstance(value, int | float) and not isinstance(value, bool)
-                    and (low <= value if low_allowed else low < value) and value < high)
-        if not in_range:
-            raise UserInputError(f"{flag_name(key)} must be a number {wanted}, got {show(value)}.")
-    if settings["schedule"] not in SCHEDULES:
-        raise UserInputError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
-                             f"{settings['schedule']!r}.")
-    if not all(isinstance(m, int | float) and 0 < m < 1 for m in settings["milestones"]):
-        raise UserInputError("--milestones must be fractions of --iters between 0 and 1, got "
-                             f"{show(settings['milestones'])}.")
-    if not isinstance(settings["workers"], int) or settings["workers"] < 0:
-        raise UserInputError(f"--workers must be 0 or more, got {show(settings['workers'])}.")
-    if not isinstance(settings["seed"], int) or settings["seed"] < 0:
-        raise UserInputError(f"--seed must be a whole number of 0 or more, got "
-                             f"{show(settings['seed'])}.")
-    if settings["scale"] is not None and settings["scale"] not in (2, 3, 4, 8):
-        raise UserInputError(f"--scale must be 2, 3, 4 or 8, got {show(settings['scale'])}.")
-    if not settings["val_benchmarks"]:
-        settings["val_benchmarks"] = []
-    settings["lr"], settings["gamma"] = float(settings["lr"]), float(settings["gamma"])
-    settings["ema"], settings["grad_clip"] = float(settings["ema"]), float(settings["grad_clip"])
-    return settings
-
-
-def resolve_device(requested: str) -> torch.device:
-    """This process's training device (its own GPU under torchrun), refused with a clear message
-    when the machine does not have it, rather than failing inside the first training step."""
-    try:
-        device = distributed.rank_device(requested)
-    except RuntimeError:
-        raise UserInputError(f"--device {requested} is not a device: use auto, cpu, cuda or "
-                             "cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"--device {requested} asks for CUDA, which this machine does not "
-                             "have: use --device cpu.")
-    if device.type not in ("cpu", "cuda"):
-        raise UserInputError(f"--device {requested} is not supported: use auto, cpu, cuda or "
-                             "cuda:N.")
-    return device
-
-
-def train_settings(settings: Mapping[str, Any]) -> TrainSettings:
-    """The part of the run settings that the training loop itself needs."""
-    return TrainSettings(
-        iters=settings["iters"], lr=settings["lr"], schedule=settings["schedule"],
-        milestones=tuple(settings["milestones"]), gamma=settings["gamma"], ema=settings["ema"],
-        grad_clip=settings["grad_clip"], amp=settings["amp"], seed=settings["seed"],
-        workers=settings["workers"], val_every=settings["val_every"],
-        save_every=settings["save_every"], log_every=settings["log_every"])
-
-
-def config_toml(settings: Mapping[str, Any], command: str) -> str:
-    """The settings as a `--config` file, headed by the `command` line that repeats the run
-    (None values are left out: TOML has no null)."""
-    name = command.split()[0]
-    header = (f"# srcompress {name}: every setting of this run; repeat it with\n"
-              f"# srcompress {command} --config config.toml --output NEW_FOLDER\n")
-    plain = {key: value for key, value in settings.items() if value is not None}
-    return header + tomli_w.dumps(plain)
-
-
-def weight_writer(template: Any, settings: Mapping[str, Any], **metadata: Any) -> WeightWriter:
-    """Saves a trained module with `template`'s architecture (a `LoadedModel`), the command's
-    `metadata`, the metrics measured so far and the run's seed and length, so that a weights file
-    says how it was made; the trainer calls it for the best and the final weights."""
-    def write(path: str, module: nn.Module, measured: Mapping[str, Any]) -> None:
-        from srcompress import models
-
-        models.save_model(path, dataclasses.replace(template, module=module), **metadata,
-                          metrics=dict(measured), seed=settings["seed"],
-                          iterations=settings["iters"])
-
-    return write
-
-
-def validator(settings: Mapping[str, Any], scale: int,
-              device: torch.device) -> Callable[[nn.Module], ValidationResults]:
-    """Y-PSNR/SSIM on the validation benchmarks, with the project's evaluation protocol.
-
-    The benchmarks are located now, so a missing one stops the run before training, not after.
-    """
-    from srcompress.data.benchmarks import find_benchmark
-    from srcompress.evaluation import evaluate
-
-    benchmarks = list(settings["val_benchmarks"])
-    data_root = settings["data_root"]
-    for name in benchmarks:
-        find_benchmark(name, data_root, scale)
-
-    def validate(module: nn.Module) -> ValidationResults:
-        report = evaluate(module, benchmarks=benchmarks, scale=scale, data_root=data_root,
-                          device=str(device))
-        return {result["benchmark"]: {"psnr": result["psnr"], "ssim": result["ssim"]}
-                for result in report["results"]}
-
-    return validate

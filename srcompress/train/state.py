@@ -2,7 +2,8 @@
 
 Layout of `--output`:
 
-    student.safetensors     final student (EMA weights when EMA is on), rebuildable from the file
+    student.safetensors     final weights (EMA weights when EMA is on), rebuildable from the file
+                            (`quantize` names them quantized.safetensors)
     best.safetensors        the weights with the best mean validation PSNR so far
     metrics.json            the validation history and the best entry
     config.toml             every setting of the run, enough to repeat it with `--config`
@@ -40,9 +41,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunFolder:
     """Paths and writes of one run's output folder."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, weights_name: str = "student.safetensors") -> None:
         self.root = Path(root)
-        self.student = self.root / "student.safetensors"
+        self.weights = self.root / weights_name
         self.best = self.root / "best.safetensors"
         self.metrics = self.root / "metrics.json"
         self.config = self.root / "config.toml"
@@ -55,7 +56,7 @@ class RunFolder:
                 raise UserInputError(
                     f"--resume found no checkpoint at {self.checkpoint}: pass the --output folder "
                     "of the run to continue, or drop --resume to start a new run.")
-        elif self.checkpoint.exists() or self.student.exists():
+        elif self.checkpoint.exists() or self.weights.exists():
             raise UserInputError(
                 f"The output folder {self.root} already holds a run: pass --resume to continue it "
                 "or choose another --output.")

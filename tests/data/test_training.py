@@ -17,8 +17,8 @@ from srcompress.data.training import (
     patch_loader,
     to_uint8,
 )
+from srcompress.demo import demo_data_folder
 from srcompress.errors import UserInputError
-from srcompress.train.distill import demo_data_folder
 
 SCALE = 2
 

@@ -10,11 +10,11 @@ import pytest
 from torch import Tensor
 
 from srcompress.data.images import read_image
+from srcompress.demo import demo_teacher_path
 from srcompress.errors import UserInputError
 from srcompress.export import export_onnx
 from srcompress.inference import OnnxRunner, TorchRunner, make_runner, onnx_providers
 from srcompress.models import LoadedModel, save_model
-from srcompress.train.distill import demo_teacher_path
 
 Students = Callable[..., LoadedModel]
 

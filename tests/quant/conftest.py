@@ -18,9 +18,9 @@ from torch import Tensor
 
 from srcompress.data.images import list_images, read_image
 from srcompress.data.resize import imresize
+from srcompress.demo import demo_teacher_path
 from srcompress.metrics import psnr, to_uint8
 from srcompress.models import LoadedModel, load_model
-from srcompress.train.distill import demo_teacher_path
 
 SCALE = 2
 

@@ -12,7 +12,8 @@ import torch
 
 from srcompress.errors import UserInputError
 from srcompress.models import LoadedModel, build_model, load_model, save_model
-from srcompress.quant import QuantConv2d, QuantizeResult, quantize
+from srcompress.quant import QuantConv2d
+from srcompress.train.quantize import QuantizeResult, quantize
 
 # Small enough for seconds on a shared CPU: 4 iterations of 2 patches of 16x16 LR pixels.
 TINY_RUN = {"iters": 4, "batch_size": 2, "patch_size": 16, "workers": 0, "val_benchmarks": [],

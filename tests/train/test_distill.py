@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 from srcompress import models
 from srcompress.data.images import write_image
 from srcompress.data.training import PatchBatches, load_training_images
+from srcompress.demo import demo_data_folder
 from srcompress.errors import UserInputError
 from srcompress.methods import create_method
-from srcompress.train.distill import demo_data_folder, distill
+from srcompress.train.distill import distill
 from srcompress.train.distributed import Distributed
 from srcompress.train.loop import Trainer, TrainSettings, learning_rate
 

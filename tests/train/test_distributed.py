@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from srcompress import models
-from srcompress.train.distill import demo_data_folder
+from srcompress.demo import demo_data_folder
 
 
 @pytest.mark.slow
@@ -46,3 +46,21 @@ def test_torchrun_two_cpu_processes_train_one_student(tiny_teacher: Path, tiny_r
     assert not any(key.startswith("module.") for key in state["student"])
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["validations"][-1]["results"]["val"]["psnr"] > 5
+
+
+@pytest.mark.slow
+def test_torchrun_quantize_reports_once(tiny_teacher: Path, tmp_path: Path) -> None:
+    """Every rank returns the run's result; only rank 0 may print it or write --json."""
+    output = tmp_path / "qat"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "srcompress", "quantize", str(tiny_teacher),
+               "--w-bits", "4", "--a-bits", "4", "--calibration-batches", "1", "--iters", "2",
+               "--batch-size", "2", "--patch-size", "16", "--workers", "0", "--device", "cpu",
+               "--no-validation", "--output", str(output), "--json", "-"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    report = json.loads(finished.stdout)  # two ranks writing would leave two documents
+    assert report["completed"] and report["quantization"]["w_bits"] == 4
+    assert finished.stderr.count("training images") == 1
+    assert (output / "quantized.safetensors").is_file()

@@ -1,0 +1,230 @@
+"""`quantize()`: quantization-aware training guided by distillation (`srcompress quantize`).
+
+The model's convolutions are replaced by fake-quant ones (`quantize_modules`), their activation
+ranges calibrated on a few training batches, and the model is then fine-tuned by the distillation
+run (`srcompress.train.run.run_training`, with `QuantizeJob`): the same Trainer, run folder,
+progress, validation and resume as `distill`, with the full-precision model (or `teacher`) as the
+frozen teacher. `method="dukd"` (default) trains on DUKD's upcycled data too, `"kd"` on the pairs
+only, `"none"` with the plain L1 loss.
+
+Settings resolve as in `distill` (see `srcompress.train.settings`). The run folder holds
+`quantized.safetensors` (the final, EMA, weights with their quantisation parameters and the
+`quant` metadata that `load_model` rebuilds them from) instead of `student.safetensors`.
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from srcompress.data.training import PatchBatches
+from srcompress.errors import UserInputError
+from srcompress.methods import Method
+from srcompress.models import LoadedModel, load_model
+from srcompress.quant import (
+    QuantizationReport,
+    calibrate,
+    check_bits,
+    describe_quantization,
+    is_quantized,
+    quantize_modules,
+)
+from srcompress.train.loop import Reporter
+from srcompress.train.run import Job, RunResult, run_training
+from srcompress.train.settings import Resume, TrainingSettings, setting
+
+# `none` is the comparison without a teacher: the student's own L1 loss (the `scratch` method).
+QAT_METHODS = {"dukd": "dukd", "kd": "kd", "none": "scratch"}
+QUANTIZED_FILE = "quantized.safetensors"
+
+
+@dataclass
+class QuantizeSettings(TrainingSettings):
+    # MODEL (required on the command line) and the teacher are not compared on resume, and the
+    # run keeps the saved ones: the checkpoint continues the quantised model it was made from.
+    model: Path | None = setting(None, flag="MODEL", resume=Resume.KEPT)
+    teacher: Path | None = setting(
+        None, resume=Resume.KEPT,
+        help="Full-precision teacher (default: a frozen copy of MODEL's own weights).")
+    w_bits: int = setting(8, help="Weight bits, 2 to 8, per output channel (default: 8).")
+    a_bits: int = setting(8, help="Activation bits, 2 to 8, with learned clipping ranges "
+                          "(default: 8).")
+    scope: str = setting("body", flag="--quantize-all")
+    calibration_batches: int = setting(
+        8, help="Training batches that set the initial activation ranges (default: 8).")
+    method: str = setting(
+        "dukd", help="dukd (upcycled data + KD), kd, or none (plain L1) (default: dukd).")
+    scale: int | None = setting(
+        None, help="Upscaling factor; must be the model's (default: the model's).")
+    # Fine-tuning starts from a trained model, so it needs far fewer iterations than distillation.
+    iters: int = setting(30_000, resume=Resume.CHANGES,
+                         help="Training iterations (default: 30000).")
+    output: Path | None = setting(
+        None, resume=Resume.CHANGES,
+        help="Run folder (default: runs/<model-stem>-w<W>a<A>-<method>-<date>).")
+
+    COMMAND: typing.ClassVar[str] = "quantize MODEL"
+
+    def check(self) -> QuantizeSettings:
+        if self.model is None:
+            raise UserInputError("quantize needs a MODEL: the full-precision checkpoint to "
+                                 "quantize.")
+        if self.method not in QAT_METHODS:
+            raise UserInputError(f"--method {self.method} is not a quantization method: use "
+                                 f"{', '.join(QAT_METHODS)}.")
+        check_bits(self.w_bits, "--w-bits")
+        check_bits(self.a_bits, "--a-bits")
+        if self.scope not in ("body", "all"):
+            raise UserInputError(f"the quantization scope {self.scope!r} is unknown: use "
+                                 "'body' (default) or 'all' (--quantize-all).")
+        if self.calibration_batches < 1:
+            raise UserInputError(f"--calibration-batches must be a whole number of at least 1, "
+                                 f"got {self.calibration_batches}.")
+        return super().check()
+
+
+@dataclass(frozen=True)
+class QuantizeResult(RunResult):
+    """Where the run wrote its files (`quantized` is the final weights), what was quantised, and
+    what it measured."""
+
+    report: QuantizationReport | None = None
+
+    @property
+    def quantized(self) -> Path:
+        return self.weights
+
+
+def quantize(
+    model: str | Path,
+    teacher: str | Path | None = None,
+    method: str | None = None,
+    w_bits: int | None = None,
+    a_bits: int | None = None,
+    scope: str | None = None,
+    calibration_batches: int | None = None,
+    train_data: Sequence[str | Path] | None = None,
+    val_benchmarks: Sequence[str] | None = None,
+    scale: int | None = None,
+    iters: int | None = None,
+    batch_size: int | None = None,
+    patch_size: int | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    amp: bool | None = None,
+    ema: float | None = None,
+    workers: int | None = None,
+    output: str | Path | None = None,
+    save_every: int | None = None,
+    resume: bool = False,
+    method_options: Mapping[str, Any] | None = None,
+    data_root: str | Path | None = None,
+    val_every: int | None = None,
+    schedule: str | None = None,
+    milestones: Sequence[float] | None = None,
+    gamma: float | None = None,
+    grad_clip: float | None = None,
+    log_every: int | None = None,
+    config: str | Path | None = None,
+    reporter: Reporter | None = None,
+) -> QuantizeResult:
+    """Quantise `model` to `w_bits`/`a_bits` and fine-tune it, distilling from `teacher`.
+
+    Every argument left as None takes its value from `config` (a TOML file) or the defaults of
+    `QuantizeSettings`. Returns when the run finishes or is stopped by Ctrl-C (`completed` False;
+    `resume=True` continues it). Raises `UserInputError` for bad inputs, including bit-widths
+    outside 2..8, a model that is already quantized, or an unsupported layer inside the quantised
+    scope.
+    """
+    given = QuantizeSettings.from_arguments(locals())
+    if config is not None:
+        given = {**QuantizeSettings.read_config(config), **given}
+    settings = QuantizeSettings.resolve(given, resume)
+    job = QuantizeJob()
+    result = run_training(settings, job, resume, reporter)
+    return QuantizeResult(**vars(result), report=job.report)
+
+
+class QuantizeJob(Job[QuantizeSettings]):
+    """MODEL with fake-quant layers, calibrated before training, taught by its own full-precision
+    weights (or `--teacher`)."""
+
+    weights_name = QUANTIZED_FILE
+    method_names = QAT_METHODS
+
+    def __init__(self) -> None:
+        self.loaded: LoadedModel | None = None
+        self.report: QuantizationReport | None = None
+
+    def load(self, settings: QuantizeSettings, method: Method) -> None:
+        loaded = load_model(settings.model, device="cpu")
+        if is_quantized(loaded.module):
+            raise UserInputError(
+                f"{settings.model} is already quantized ({describe_quantization(loaded.module)}):"
+                " pass its full-precision checkpoint to quantize it again.")
+        if settings.scale is not None and settings.scale != loaded.scale:
+            raise UserInputError(f"--scale {settings.scale} differs from the model's "
+                                 f"x{loaded.scale}: drop --scale.")
+        settings.scale = loaded.scale
+        self.teacher = self._teacher(settings, loaded, method.needs_teacher)
+        self.report = quantize_modules(loaded.module, settings.w_bits, settings.a_bits,
+                                       settings.scope)
+        self.loaded = loaded
+        settings.model = settings.model.resolve()
+        if settings.teacher is not None:
+            settings.teacher = settings.teacher.resolve()
+
+    @staticmethod
+    def _teacher(settings: QuantizeSettings, loaded: LoadedModel,
+                 needed: bool) -> nn.Module | None:
+        """The frozen teacher: `--teacher`, else the model's own full-precision weights."""
+        if not needed:
+            if settings.teacher is not None:
+                raise UserInputError(f"--method {settings.method} trains without a teacher, so "
+                                     "--teacher would be ignored: drop it or use --method "
+                                     "kd/dukd.")
+            return None
+        if settings.teacher is None:
+            return copy.deepcopy(loaded.module).eval().requires_grad_(False)
+        teacher = load_model(settings.teacher, device="cpu")
+        if is_quantized(teacher.module):
+            raise UserInputError(f"the teacher {settings.teacher} is quantized: pass a "
+                                 "full-precision teacher (or none, to use the model's own "
+                                 "weights).")
+        if teacher.scale != loaded.scale:
+            raise UserInputError(f"the teacher {settings.teacher} upscales x{teacher.scale} but "
+                                 f"the model x{loaded.scale}: use a x{loaded.scale} teacher.")
+        return teacher.module
+
+    def student(self, settings: QuantizeSettings) -> LoadedModel:
+        assert self.loaded is not None, "load() comes first"
+        return self.loaded
+
+    def output_name(self, settings: QuantizeSettings) -> str:
+        return f"{settings.model.stem}-w{settings.w_bits}a{settings.a_bits}-{settings.method}"
+
+    def summary(self, settings: QuantizeSettings) -> str:
+        report = self.report
+        return (f"w{settings.w_bits}a{settings.a_bits} on {len(report.quantized)} layers "
+                f"({len(report.full_precision)} kept in full precision)")
+
+    def before_training(self, settings: QuantizeSettings, module: nn.Module,
+                        batches: PatchBatches, device: torch.device) -> None:
+        """Activation ranges from the LR patches of the run's first calibration batches."""
+        module.to(device)
+        calibrate(module, (batches[iteration][0].to(device)
+                           for iteration in range(settings.calibration_batches)))
+
+    def weights_metadata(self, settings: QuantizeSettings) -> dict[str, Any]:
+        teacher = (settings.teacher.name if settings.teacher is not None
+                   else f"{settings.model.name} (full precision)")
+        return {"quant": self.report.metadata(), "quant_method": settings.method,
+                "quant_teacher": teacher, "quantized_from": settings.model.name}

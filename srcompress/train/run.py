@@ -1,0 +1,218 @@
+"""The one run skeleton of every training command (`distill`, `quantize`).
+
+`run_training` does what every run does, in this order: the device, the method, the models (the
+command's `Job`), the settings the run fills in itself, the seeded student, the data, the
+validation, the run folder with its `config.toml`, the Trainer, training to the end (or to Ctrl-C)
+and the result. What differs between the commands is a `Job`: how the student and the teacher are
+prepared (`load`, `student`, `before_training`) and which weights file is written, with which
+metadata (`weights_name`, `weights_metadata`).
+
+The run folder and its `config.toml` exist before training starts, so a run stopped at any point
+can be repeated from its config; on resume the trainer continues from the folder's checkpoint; and
+only a completed run gets its final weights. Rank 0 prints and writes, and every rank waits at the
+same points, so that no process reads a file another is still writing.
+
+The order of the random draws is part of the contract: nothing draws from torch's generator
+between `torch.manual_seed(seed)` and the student's initialisation except the student itself, so
+a seed gives the same student (and `config.toml` repeats a run bit-exactly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from torch import nn
+
+from srcompress.data.benchmarks import find_benchmark
+from srcompress.data.training import PatchBatches, load_training_images, memory_bytes
+from srcompress.demo import demo_data_folder
+from srcompress.errors import UserInputError
+from srcompress.evaluation import evaluate
+from srcompress.methods import Method, create_method
+from srcompress.models import LoadedModel, save_model
+from srcompress.train import distributed
+from srcompress.train.distributed import Distributed
+from srcompress.train.loop import Reporter, Trainer, ValidationResults
+from srcompress.train.settings import TrainingSettings
+from srcompress.train.state import RunFolder
+
+Settings = TypeVar("Settings", bound=TrainingSettings)
+WeightWriter = Callable[[str, nn.Module, Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where the run wrote its files, and what it measured."""
+
+    output: Path
+    weights: Path  # the final weights (student.safetensors, quantized.safetensors)
+    best: Path | None
+    metrics: dict[str, Any]
+    completed: bool
+
+
+class Job(ABC, Generic[Settings]):
+    """What a training command does differently from the others; see the module docstring."""
+
+    weights_name: ClassVar[str]  # the final weights file in the run folder
+    method_names: ClassVar[Mapping[str, str] | None] = None  # the command's method → registry
+
+    teacher: nn.Module | None = None
+
+    @abstractmethod
+    def load(self, settings: Settings, method: Method) -> None:
+        """Loads what the run starts from (before seeding: loading draws random numbers), sets
+        `teacher`, and fills in the settings that depend on it (`scale`, a default student)."""
+
+    @abstractmethod
+    def student(self, settings: Settings) -> LoadedModel:
+        """The model to train; called right after `torch.manual_seed(seed)`."""
+
+    @abstractmethod
+    def output_name(self, settings: Settings) -> str:
+        """The default run folder's name, before its date."""
+
+    @abstractmethod
+    def summary(self, settings: Settings) -> str:
+        """What is trained, for the line that starts the run."""
+
+    def before_training(self, settings: Settings, module: nn.Module, batches: PatchBatches,
+                        device: torch.device) -> None:
+        """Prepares a new run's model on its first batches (not on resume); nothing by default."""
+
+    @abstractmethod
+    def weights_metadata(self, settings: Settings) -> dict[str, Any]:
+        """The metadata written in the weights files, besides architecture, metrics and seed."""
+
+
+def run_training(settings: Settings, job: Job[Settings], resume: bool,
+                 reporter: Reporter | None) -> RunResult:
+    """Trains as `settings` say, the `job`'s way; returns when the run finishes or Ctrl-C stops
+    it (`completed` False; `resume=True` continues it)."""
+    device = resolve_device(settings.device)
+    names = job.method_names or {}
+    method = create_method(names.get(settings.method, settings.method), **settings.method_options)
+    job.load(settings, method)
+    settings.method_options = dataclasses.asdict(method.options)
+    if settings.train_data is None:
+        settings.train_data = [demo_data_folder()]
+    if settings.output is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        settings.output = Path("runs") / f"{job.output_name(settings)}-{stamp}"
+
+    torch.manual_seed(settings.seed)
+    student = job.student(settings)
+    method.reseed(settings.seed)
+    data = load_training_images(settings.train_data, student.scale, settings.patch_size)
+    validate = (validator(settings, student.scale, device) if settings.val_benchmarks
+                else None)
+    save_weights = weight_writer(student, settings, **job.weights_metadata(settings))
+
+    place = distributed.setup(device)
+    run = RunFolder(settings.output, job.weights_name)
+    batches = PatchBatches(data, settings.patch_size, settings.batch_size, settings.seed,
+                           rank=place.rank)
+    try:
+        open_run_folder(run, place, resume, settings.config_toml())
+        if reporter is not None and place.is_main:
+            if data.skipped:
+                reporter.message(f"Skipped {len(data.skipped)} training image(s) smaller than "
+                                 f"one patch: {', '.join(data.skipped)}.")
+            reporter.message(
+                f"{len(data.images)} training images ({memory_bytes(data) / 2**20:.0f} MiB in "
+                f"memory), {job.summary(settings)}, method {settings.method}, output {run.root}")
+        if not resume:
+            job.before_training(settings, student.module, batches, device)
+        trainer = Trainer(student.module, job.teacher, method, batches, settings.loop_settings(),
+                          device, run, place, validate=validate, save_weights=save_weights,
+                          reporter=reporter)
+        completed = train_to_end(trainer, run, place, resume, save_weights)
+    finally:
+        distributed.teardown(place)
+    best = run.best if run.best.exists() else None
+    return RunResult(run.root, run.weights, best, trainer.record.as_dict(trainer.iteration),
+                     completed)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """This process's training device (its own GPU under torchrun), refused with a clear message
+    when the machine does not have it, rather than failing inside the first training step."""
+    try:
+        device = distributed.rank_device(requested)
+    except RuntimeError:
+        raise UserInputError(f"--device {requested} is not a device: use auto, cpu, cuda or "
+                             "cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"--device {requested} asks for CUDA, which this machine does not "
+                             "have: use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise UserInputError(f"--device {requested} is not supported: use auto, cpu, cuda or "
+                             "cuda:N.")
+    return device
+
+
+def validator(settings: TrainingSettings, scale: int,
+              device: torch.device) -> Callable[[nn.Module], ValidationResults]:
+    """Y-PSNR/SSIM on the validation benchmarks, with the project's evaluation protocol.
+
+    The benchmarks are located now, so a missing one stops the run before training, not after.
+    """
+    benchmarks = list(settings.val_benchmarks)
+    data_root = settings.data_root
+    for name in benchmarks:
+        find_benchmark(name, data_root, scale)
+
+    def validate(module: nn.Module) -> ValidationResults:
+        report = evaluate(module, benchmarks=benchmarks, scale=scale, data_root=data_root,
+                          device=str(device))
+        return {result["benchmark"]: {"psnr": result["psnr"], "ssim": result["ssim"]}
+                for result in report["results"]}
+
+    return validate
+
+
+def weight_writer(template: LoadedModel, settings: TrainingSettings,
+                  **metadata: Any) -> WeightWriter:
+    """Saves a trained module with `template`'s architecture, the command's `metadata`, the
+    metrics measured so far and the run's seed and length, so that a weights file says how it was
+    made; the trainer calls it for the best and the final weights."""
+    def write(path: str, module: nn.Module, measured: Mapping[str, Any]) -> None:
+        save_model(path, dataclasses.replace(template, module=module), **metadata,
+                   metrics=dict(measured), seed=settings.seed, iterations=settings.iters)
+
+    return write
+
+
+def open_run_folder(run: RunFolder, place: Distributed, resume: bool, config_text: str) -> None:
+    """Creates the run folder with its `config.toml` on rank 0 (or, on resume, checks that it
+    holds a checkpoint), before any rank goes on."""
+    if place.is_main:
+        run.prepare(resume)
+        if not resume:
+            run.write_config(config_text)
+    place.barrier()
+
+
+def train_to_end(trainer: Trainer, run: RunFolder, place: Distributed, resume: bool,
+                 save_weights: WeightWriter) -> bool:
+    """Trains (from the run's checkpoint on resume) and writes the final weights to
+    `run.weights` with the last validation; False when Ctrl-C stopped the run first."""
+    if resume:
+        trainer.load_state(run.load_checkpoint())
+    try:
+        completed = trainer.train()
+    finally:
+        trainer.close()
+    if completed and place.is_main:
+        last = trainer.record.validations[-1] if trainer.record.validations else {}
+        save_weights(str(run.weights), trainer.final_module,
+                     {"iteration": trainer.iteration, **last})
+    place.barrier()
+    return completed
