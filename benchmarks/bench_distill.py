@@ -31,8 +31,9 @@ import torch
 from srcompress import models
 from srcompress.data.training import PatchBatches, load_training_images
 from srcompress.demo import demo_data_folder
+from srcompress.devices import resolve_device
 from srcompress.methods import create_method
-from srcompress.train.distributed import Distributed, rank_device
+from srcompress.train.distributed import Distributed
 from srcompress.train.loop import Reporter, Trainer, TrainSettings
 
 VARIANTS = {
@@ -71,7 +72,7 @@ def current_rss_mib() -> float:
 def measure(arguments: argparse.Namespace, variant: str) -> dict[str, float]:
     """One method in this process: seconds per iteration after warm-up, and peak memory."""
     torch.manual_seed(0)
-    device = rank_device(arguments.device)
+    device = resolve_device(arguments.device)
     teacher = models.build_model(arguments.teacher, arguments.scale).module
     student = models.build_model(arguments.student, arguments.scale).module
     name, options = VARIANTS[variant]

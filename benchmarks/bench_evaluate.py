@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from srcompress.devices import resolve_device
 from srcompress.evaluation import evaluate
-from srcompress.inference import resolve_device
 from srcompress.models import build_model
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"

@@ -27,7 +27,7 @@ import torch
 
 from srcompress.data.images import read_image
 from srcompress.export import export_onnx
-from srcompress.export.onnx import synthetic_texture
+from srcompress.export.verify import synthetic_texture
 from srcompress.files import atomic_path
 from srcompress.models import LoadedModel, build_model, load_model
 

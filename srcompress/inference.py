@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from srcompress.data.images import list_images, read_image, write_image
 from srcompress.data.resize import imresize
+from srcompress.devices import onnx_session, resolve_device
 from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.models import LoadedModel, load_model
 
@@ -53,26 +54,6 @@ class RunnerOptions:
     tile_pad: int = 10
     self_ensemble: bool = False
     arch: str | None = None
-
-
-def resolve_device(requested: str | torch.device) -> torch.device:
-    """`auto` → CUDA when present, else CPU; a CUDA device on a machine without one is refused."""
-    if isinstance(requested, torch.device):
-        return requested
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise UserInputError(
-            f"--device {requested} is not a device: use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(
-            f"--device {requested} asks for CUDA, which this machine does not have: "
-            "use --device cpu.")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UserInputError(f"--device {requested} is not supported: use auto, cpu or cuda.")
-    return device
 
 
 def _ensemble_transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
@@ -347,38 +328,6 @@ def upscale(model: object, inputs: Sequence[str | os.PathLike[str]],
 # ONNX Runtime ------------------------------------------------------------------------------------
 
 
-def onnx_providers(device: str) -> list[str | tuple[str, dict[str, object]]]:
-    """onnxruntime providers for `--device`: TensorRT, then CUDA, then CPU for `auto`/`cuda[:N]`.
-
-    What counts is what the installed onnxruntime offers (onnxruntime-gpu brings CUDA and
-    TensorRT), not what PyTorch sees; the CPU provider always closes the list as the fallback
-    for nodes a GPU provider does not take.
-    """
-    import onnxruntime
-
-    available = set(onnxruntime.get_available_providers())
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    index = 0
-    if device.startswith("cuda:"):
-        suffix = device.removeprefix("cuda:")
-        if not suffix.isdigit():
-            raise UserInputError(
-                f"--device {device} is not a device: use auto, cpu, cuda or cuda:N.")
-        index = int(suffix)
-    elif device not in ("auto", "cuda"):
-        raise UserInputError(
-            f"--device {device} is not a device for ONNX models: use auto, cpu, cuda or cuda:N.")
-    gpu: list[str | tuple[str, dict[str, object]]] = [
-        (name, {"device_id": index})
-        for name in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if name in available]
-    if not gpu and device != "auto":
-        raise UserInputError(
-            f"--device {device} asks for a GPU, but this onnxruntime has no CUDA or TensorRT "
-            "provider: install onnxruntime-gpu or use --device cpu.")
-    return [*gpu, "CPUExecutionProvider"]
-
-
 class OnnxRunner(NetworkRunner):
     """An exported `.onnx` file run by onnxruntime, with the same tiling and self-ensemble.
 
@@ -390,14 +339,9 @@ class OnnxRunner(NetworkRunner):
 
     def __init__(self, path: str | os.PathLike[str], device: str = "auto", tile: int | None = None,
                  tile_pad: int = 10, self_ensemble: bool = False) -> None:
-        import onnxruntime
-
         path = Path(path)
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options,
-                                                        providers=onnx_providers(device))
+            self.session = onnx_session(path, device)
         except UserInputError:
             raise
         except Exception as error:

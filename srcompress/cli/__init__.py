@@ -11,14 +11,29 @@ import os
 import sys
 import traceback
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from srcompress._version import __version__
 from srcompress.cli.common import console, error_console
 from srcompress.errors import SRCompressError
 
+# `srcompress --help` lists the commands in the order of the job, then the helpers.
+COMMAND_ORDER = ("distill", "quantize", "evaluate", "export", "upscale", "info", "models",
+                 "datasets")
+
+
+class _JobOrder(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: COMMAND_ORDER.index(name)
+                      if name in COMMAND_ORDER else len(COMMAND_ORDER))
+
+
 app = typer.Typer(
     name="srcompress",
+    cls=_JobOrder,
     help="Compress super-resolution models: distill a big teacher into a small student (DUKD, "
     "MKD), quantize it, evaluate it with the field's exact PSNR/SSIM protocol, export to ONNX.",
     rich_markup_mode="rich",

@@ -1,4 +1,4 @@
-"""What every command shares: consoles, `--json` output, device and option parsing helpers."""
+"""What every command shares: the output and error consoles, and `--json` output."""
 
 from __future__ import annotations
 

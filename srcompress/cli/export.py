@@ -73,6 +73,9 @@ def export(
     """
     if not onnx:
         raise UserInputError("Choose the export format: add --onnx.")
+    if str(model).lower() == "bicubic":
+        raise UserInputError("bicubic is an interpolation with no network to export: pass a "
+                             "model checkpoint.")
     if model.suffix.lower() == ".onnx":
         raise UserInputError(f"{model} is already an ONNX file: export its checkpoint instead.")
     size = parse_input_size(input_size) if input_size is not None else None

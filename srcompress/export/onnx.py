@@ -18,13 +18,7 @@ and outputs kept, so every consumer feeds the same [0, 1] float32 RGB tensor wha
 precision; converting the graph rather than exporting `module.half()` also works for models whose
 eager code mixes dtypes (SwinIR builds its masks in float32).
 
-Every export is verified: the file is written to a temporary name in the target folder, run with
-onnxruntime on a real image (cropped to a size that is not a multiple of 8, and for dynamic files
-at a multiple of 16 as well) and compared with PyTorch in float32; only then is it renamed into
-place. Tracing specialises Python-level decisions (e.g. `if pad:`) to the traced input, so only
-running sizes on both sides of such decisions shows that one file is right for every size. The
-default image is the validation photograph shipped in `srcompress/demo/val`; without it, a
-deterministic synthetic texture (gratings, edges and seeded noise) stands in.
+Every export is verified before the file is renamed into place (`srcompress.export.verify`).
 """
 
 from __future__ import annotations
@@ -40,31 +34,29 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
 
 from srcompress._version import __version__
-from srcompress.data.images import read_image
-from srcompress.data.resize import imresize
+from srcompress.devices import import_onnxruntime
 from srcompress.errors import UserInputError, WorkFailedError
-from srcompress.export.qdq import QDQ_MIN_OPSET, is_quantized_model, qdq_export_mode
+from srcompress.export.qdq import QDQ_MIN_OPSET, qdq_export_mode
+from srcompress.export.verify import (
+    DEFAULT_ATOL,
+    crop_or_resize,
+    onnxruntime_difference,
+    torch_outputs,
+    verification_image,
+    verification_sizes,
+)
 from srcompress.files import atomic_path
 from srcompress.models import LoadedModel
+from srcompress.quant import is_quantized
 
-# Quantized graphs are compared on the 99th percentile of |difference| instead of the maximum:
-# integer kernels round a few activations to the neighbouring level, which moves single pixels by
-# a few grey levels, so the criterion is "99 % of values within one grey level".
-DEFAULT_ATOL = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1 / 255}
-# Verification crops are at most this large: big enough to cover real receptive fields and
-# window padding, small enough that a full-size teacher verifies in seconds on a CPU.
-_VERIFY_HEIGHT, _VERIFY_WIDTH = 90, 70
-_SMALLEST_VERIFY_SIDE = 24
 # The TorchScript exporter's default: new enough for every op these models use, old enough for
 # TensorRT and older onnxruntime builds.
 _TORCHSCRIPT_OPSET = 17
@@ -138,9 +130,9 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
     tolerance = DEFAULT_ATOL[precision] if atol is None else atol
     _check_arguments(output, opset, dynamic, input_size, fp16, quantized, force, tolerance,
                      exporter)
-    image, image_label = _verification_image(verify_image)
-    sizes = _verification_sizes(image, dynamic, input_size)
-    inputs = [_crop_or_resize(image, size)[None] for size in sizes]
+    image, image_label = verification_image(verify_image)
+    sizes = verification_sizes(image, dynamic, input_size)
+    inputs = [crop_or_resize(image, size)[None] for size in sizes]
     module = copy.deepcopy(model.module).cpu().float().eval()
 
     with atomic_path(output) as temporary:
@@ -172,8 +164,8 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
         notify(f"verifying with onnxruntime on {image_label} at "
                + ", ".join(f"{h}x{w}" for h, w in sizes))
         started = time.perf_counter()
-        references = _torch_outputs(module, inputs)
-        differences, provider, reason = _onnxruntime_difference(temporary, inputs, references,
+        references = torch_outputs(module, inputs)
+        differences, provider, reason = onnxruntime_difference(temporary, inputs, references,
                                                                 precision)
         worst, p99 = differences if differences else (None, None)
         difference = p99 if quantized else worst
@@ -228,7 +220,7 @@ def check_output(output: Path, force: bool) -> None:
 
 
 def _is_quantized(model: LoadedModel) -> bool:
-    return bool(model.metadata.get("quant")) or is_quantized_model(model.module)
+    return bool(model.metadata.get("quant")) or is_quantized(model.module)
 
 
 def _check_arguments(output: Path, opset: int | None, dynamic: bool,
@@ -250,74 +242,6 @@ def _check_arguments(output: Path, opset: int | None, dynamic: bool,
                              "int8 Q/DQ nodes: drop --fp16.")
     if not atol >= 0 or math.isinf(atol):
         raise UserInputError(f"--atol must be a finite number of zero or more, got {atol}.")
-
-
-def _verification_image(path: str | Path | None) -> tuple[Tensor, str]:
-    """The image to verify on, and how the report names it."""
-    if path is not None:
-        image = read_image(path)
-        label = str(path)
-    else:
-        demo = Path(str(resources.files("srcompress.demo")))
-        shipped = sorted((demo / "val").glob("*.png")) + sorted((demo / "train").glob("*.png"))
-        if shipped:
-            image, label = read_image(shipped[0]), f"demo image {shipped[0].name}"
-        else:
-            image, label = synthetic_texture(_VERIFY_HEIGHT, _VERIFY_WIDTH), "synthetic texture"
-    if min(image.shape[-2:]) < _SMALLEST_VERIFY_SIDE:
-        raise UserInputError(
-            f"--verify-image {path} is {image.shape[-2]}x{image.shape[-1]}: verification needs at "
-            f"least {_SMALLEST_VERIFY_SIDE}x{_SMALLEST_VERIFY_SIDE} pixels.")
-    return image, label
-
-
-def synthetic_texture(height: int, width: int) -> Tensor:
-    """A deterministic 3×h×w image with what SR models react to: gratings, edges and noise."""
-    rows = np.arange(height, dtype=np.float64)[:, None]
-    columns = np.arange(width, dtype=np.float64)[None, :]
-    chirp = 0.5 + 0.5 * np.cos(0.0025 * math.pi * (rows**2 + columns**2))
-    stripes = 0.5 + 0.5 * np.sin(2 * math.pi * (0.11 * rows + 0.07 * columns))
-    blocks = ((rows // 9 + columns // 13) % 2).astype(np.float64)
-    noise = np.random.default_rng(0).random((3, height, width))
-    channels = np.stack([chirp, stripes, blocks]) * 0.8 + noise * 0.2
-    return torch.from_numpy(channels.astype(np.float32))
-
-
-def _not_multiple_of_8(side: int) -> int:
-    return side - 1 if side % 8 == 0 else side
-
-
-def _verification_sizes(image: Tensor, dynamic: bool,
-                        input_size: tuple[int, int] | None) -> list[tuple[int, int]]:
-    """One size for a static file; two for a dynamic one.
-
-    The first (also the traced one) is not a multiple of 8, so models that pad to their window
-    run their padding path; the second is a multiple of 16, the path without padding (for windows
-    of 2, 4, 8 and 16). The exporter may turn a size test such as `if pad:` into either branch,
-    and only running both kinds of size shows the file is right for every size.
-    """
-    if input_size is not None:
-        first = input_size
-    else:
-        height, width = image.shape[-2:]
-        first = (_not_multiple_of_8(min(height, _VERIFY_HEIGHT)),
-                 _not_multiple_of_8(min(width, _VERIFY_WIDTH)))
-    if not dynamic:
-        return [first]
-    second = (max(16, (first[0] - 13) // 16 * 16), max(16, (first[1] - 13) // 16 * 16))
-    if second == first:
-        second = (second[0] + 16, second[1])
-    return [first, second]
-
-
-def _crop_or_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """A centre crop of `size`, or the image resized to it when it is smaller."""
-    height, width = image.shape[-2:]
-    target_h, target_w = size
-    if target_h <= height and target_w <= width:
-        top, left = (height - target_h) // 2, (width - target_w) // 2
-        return image[:, top:top + target_h, left:left + target_w].contiguous()
-    return imresize(image, size=(target_h, target_w)).clamp(0, 1)
 
 
 @contextlib.contextmanager
@@ -490,6 +414,7 @@ def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     onnxruntime's converter appends the float32 input/output casts at the end of the node list;
     the stable topological sort puts them back in order so the file passes the ONNX checker."""
+    import_onnxruntime()  # one sentence when neither onnxruntime package is installed
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxscript import ir
 
@@ -531,63 +456,3 @@ def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
         entry.key, entry.value = key, value
     proto.doc_string = (f"srcompress {metadata['architecture']} x{metadata['scale']}: "
                         "RGB NCHW float32 in [0, 1] → x scale, not clamped")
-
-
-def _torch_outputs(module: nn.Module, inputs: list[Tensor]) -> list[np.ndarray]:
-    """PyTorch float32 on CPU, on copies (some models modify their input in place)."""
-    with torch.inference_mode():
-        return [module(batch.clone()).float().numpy() for batch in inputs]
-
-
-def _providers_for(precision: str) -> list[str]:
-    """CPU for float32 and int8 (the reference provider); a GPU first for fp16 when present."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    if precision == "fp16" and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _onnxruntime_difference(path: Path, inputs: list[Tensor], references: list[np.ndarray],
-                            precision: str,
-                            ) -> tuple[tuple[float, float] | None, str | None, str | None]:
-    """Max and 99th percentile of |onnxruntime - PyTorch| over all inputs, the provider used, or
-    why it was not run.
-
-    An fp16 graph that no available provider can load is reported as not verified rather than
-    failed; any other load or run error is a failed export.
-    """
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = onnxruntime.InferenceSession(str(path), options,
-                                               providers=_providers_for(precision))
-    except Exception as error:
-        if precision == "fp16" and "NOT_IMPLEMENTED" in str(error):
-            return None, None, ("no available onnxruntime provider runs this fp16 graph "
-                                f"({str(error).splitlines()[0][:200]})")
-        raise WorkFailedError(
-            f"onnxruntime cannot load the exported model ({str(error).splitlines()[0][:300]}); "
-            "nothing was written.") from error
-    provider = session.get_providers()[0]
-    input_name = session.get_inputs()[0].name
-    differences = []
-    for batch, reference in zip(inputs, references, strict=True):
-        try:
-            result = session.run(None, {input_name: batch.numpy()})[0]
-        except Exception as error:
-            size = "x".join(map(str, batch.shape[-2:]))
-            raise WorkFailedError(
-                f"onnxruntime fails to run the exported model on a {size} input "
-                f"({str(error).splitlines()[0][:300]}); nothing was written.") from error
-        if result.shape != reference.shape:
-            raise WorkFailedError(
-                f"the exported model turns a {batch.shape[-2]}x{batch.shape[-1]} input into "
-                f"{tuple(result.shape)} where PyTorch gives {tuple(reference.shape)}; nothing "
-                "was written.")
-        differences.append(np.abs(result.astype(np.float64) - reference).ravel())
-    everything = np.concatenate(differences)
-    return (float(everything.max()), float(np.percentile(everything, 99))), provider, None

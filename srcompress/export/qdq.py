@@ -1,6 +1,6 @@
 """The quantised part of ONNX export: fake-quant layers as QuantizeLinear/DequantizeLinear pairs.
 
-`srcompress.export.onnx` takes this path when `is_quantized_model(module)`:
+`srcompress.export.onnx` takes this path when `srcompress.quant.is_quantized(module)`:
 
     with qdq_export_mode(module) as qdq:
         torch.onnx.export(module, ..., dynamo=False, opset_version=max(opset, QDQ_MIN_OPSET))
@@ -36,11 +36,6 @@ from srcompress.files import atomic_path
 from srcompress.quant.fakequant import quantization_settings, quantized_layers
 
 QDQ_MIN_OPSET = 13
-
-
-def is_quantized_model(module: nn.Module) -> bool:
-    """True when `module` holds fake-quant layers, i.e. the export must take the Q/DQ path."""
-    return next(quantized_layers(module), None) is not None
 
 
 class QDQExport:

@@ -14,7 +14,7 @@ zoom-in tiles and augmentations as an uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -45,9 +45,6 @@ class StepFn(Protocol):
     """
 
     def __call__(self, loss: Tensor, *, clear_grad: bool = True) -> None: ...
-
-
-Model = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)

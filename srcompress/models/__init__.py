@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from srcompress.errors import UserInputError
-from srcompress.models import spandrel_bridge as _spandrel_bridge  # noqa: F401 (registers)
+from srcompress.models import edsr, rcan  # noqa: F401 (each registers its architecture)
 from srcompress.models.checkpoint import LoadedModel, load_model, read_state_dict, save_model
 from srcompress.models.cost import count_macs
 from srcompress.models.registry import ARCHITECTURES, PRESETS, Architecture, get_architecture
+from srcompress.models.spandrel_bridge import register_spandrel_architectures
 from srcompress.models.spec import Spec, parse_spec
+
+# After our own architectures: spandrel's of the same name become `<name>-spandrel`.
+register_spandrel_architectures()
 
 
 def build_model(spec: str, scale: int) -> LoadedModel:

@@ -51,3 +51,14 @@ def max_index(state: dict[str, Tensor], pattern: str) -> int:
     Architectures are sized from their weights this way (how many blocks, groups, upsamplers).
     """
     return max((int(m.group(1)) for key in state if (m := re.fullmatch(pattern, key))), default=-1)
+
+
+def upsample_scale(state: dict[str, Tensor], prefix: str, num_feat: int) -> int:
+    """Scale of a sub-pixel upsampler from its conv shapes (4·C per ×2 stage, 9·C for ×3)."""
+    last = max_index(state, rf"{prefix}\.(\d+)\.weight")
+    stages = [state[f"{prefix}.{i}.weight"].shape[0] // num_feat for i in range(0, last + 1, 2)
+              if f"{prefix}.{i}.weight" in state]
+    scale = 1
+    for ratio in stages:
+        scale *= {4: 2, 9: 3}.get(ratio, 0)
+    return scale

@@ -1,16 +1,20 @@
-"""RCAN (Zhang et al., 2018) with BasicSR's parameter names.
+"""RCAN (Zhang et al., 2018) with BasicSR's parameter names, and its registry entry.
 
 Checkpoints of the original RCAN code (`head/body/tail`, `conv_du`) are renamed to this layout on
-load by `original_rcan_to_basicsr`.
+load by `original_rcan_to_basicsr`. Everything the registry knows about RCAN is here: detection
+from a state dict, presets, the smaller-student rule, registration.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
-from srcompress.models.common import MeanShift, Upsample, max_index
+from srcompress.models.common import MeanShift, Upsample, max_index, upsample_scale
+from srcompress.models.registry import Architecture, Detection, StateDict, register
 
 
 class ChannelAttention(nn.Module):
@@ -107,3 +111,46 @@ def original_rcan_to_basicsr(state: dict[str, Tensor]) -> dict[str, Tensor]:
         renamed[new] = value
     return renamed
 
+
+
+def detect(state: StateDict) -> Detection | None:
+    """RCAN in BasicSR's or the original code's layout, with its settings and scale; else None."""
+    layout = "basicsr"
+    if "head.0.weight" in state and "body.0.body.0.body.3.conv_du.0.weight" in state:
+        state, layout = original_rcan_to_basicsr(state), "rcan-original"
+    required = {"conv_first.weight", "body.0.residual_group.0.rcab.0.weight",
+                "body.0.residual_group.0.rcab.3.attention.1.weight", "conv_last.weight"}
+    if not required <= state.keys():
+        return None
+    num_feat = state["conv_first.weight"].shape[0]
+    squeezed = state["body.0.residual_group.0.rcab.3.attention.1.weight"].shape[0]
+    settings = {
+        "num_feat": num_feat,
+        "num_group": max_index(state, r"body\.(\d+)\.conv\.weight") + 1,
+        "num_block": max_index(state, r"body\.0\.residual_group\.(\d+)\.rcab\.0\.weight") + 1,
+        "squeeze_factor": num_feat // squeezed,
+        "res_scale": 1.0,
+        "num_in_ch": state["conv_first.weight"].shape[1],
+        "num_out_ch": state["conv_last.weight"].shape[0],
+    }
+    return Detection("rcan", settings, upsample_scale(state, "upsample", num_feat), state, layout)
+
+
+def smaller_student(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The DUKD paper's RCAN pair keeps width and groups and cuts blocks per group (20 → 6)."""
+    return {**settings, "num_block": max(1, round(settings["num_block"] * 0.3))}
+
+
+ARCHITECTURE = register(Architecture(
+    name="rcan",
+    summary="RCAN (Zhang et al. 2018); BasicSR and original RCAN layouts",
+    module_class=lambda: RCAN,
+    defaults={"num_feat": 64, "num_group": 10, "num_block": 20, "squeeze_factor": 16,
+              "res_scale": 1.0, "num_in_ch": 3, "num_out_ch": 3},
+    detect=detect,
+    smaller_student=smaller_student,
+    presets={
+        "rcan-c64g10b20": {"num_feat": 64, "num_group": 10, "num_block": 20},
+        "rcan-c64g10b6": {"num_feat": 64, "num_group": 10, "num_block": 6},
+    },
+))

@@ -118,6 +118,8 @@ _PRESETS: dict[str, dict[str, Mapping[str, Any]]] = {
 
 
 def register_spandrel_architectures() -> None:
+    """Registers every architecture spandrel detects; one whose name is taken by our own (which
+    must be registered first) becomes `<name>-spandrel`."""
     for support in spandrel.MAIN_REGISTRY:
         arch_id = support.architecture.id
         name = arch_id.lower()
@@ -132,6 +134,3 @@ def register_spandrel_architectures() -> None:
             smaller_student=_STUDENT_RULES.get(name),
             presets=_PRESETS.get(name, {}),
         ))
-
-
-register_spandrel_architectures()

@@ -72,14 +72,3 @@ def setup(device: torch.device) -> Distributed:
 def teardown(place: Distributed) -> None:
     if place.enabled and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def rank_device(requested: str) -> torch.device:
-    """The device of this process: `auto`/`cuda` pick the GPU of LOCAL_RANK under torchrun."""
-    local_rank = from_environment().local_rank
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device

@@ -33,7 +33,7 @@ from torch import nn
 from srcompress.data.benchmarks import find_benchmark
 from srcompress.data.training import PatchBatches, load_training_images, memory_bytes
 from srcompress.demo import demo_data_folder
-from srcompress.errors import UserInputError
+from srcompress.devices import resolve_device
 from srcompress.evaluation import evaluate
 from srcompress.methods import Method, create_method
 from srcompress.models import LoadedModel, save_model
@@ -96,7 +96,7 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
                  reporter: Reporter | None) -> RunResult:
     """Trains as `settings` say, the `job`'s way; returns when the run finishes or Ctrl-C stops
     it (`completed` False; `resume=True` continues it)."""
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, distributed.from_environment().local_rank)
     names = job.method_names or {}
     method = create_method(names.get(settings.method, settings.method), **settings.method_options)
     job.load(settings, method)
@@ -139,23 +139,6 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
     best = run.best if run.best.exists() else None
     return RunResult(run.root, run.weights, best, trainer.record.as_dict(trainer.iteration),
                      completed)
-
-
-def resolve_device(requested: str) -> torch.device:
-    """This process's training device (its own GPU under torchrun), refused with a clear message
-    when the machine does not have it, rather than failing inside the first training step."""
-    try:
-        device = distributed.rank_device(requested)
-    except RuntimeError:
-        raise UserInputError(f"--device {requested} is not a device: use auto, cpu, cuda or "
-                             "cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError(f"--device {requested} asks for CUDA, which this machine does not "
-                             "have: use --device cpu.")
-    if device.type not in ("cpu", "cuda"):
-        raise UserInputError(f"--device {requested} is not supported: use auto, cpu, cuda or "
-                             "cuda:N.")
-    return device
 
 
 def validator(settings: TrainingSettings, scale: int,

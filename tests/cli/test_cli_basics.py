@@ -15,6 +15,16 @@ def test_version_and_help(cli):
     assert result.exit_code == 0 and "Example: srcompress info" in result.stdout
 
 
+def test_help_lists_the_commands_in_the_order_of_the_job(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    commands = result.stdout.split("Commands")[1]
+    listed = [line.split()[1] for line in commands.splitlines()
+              if line.startswith("│ ") and not line.startswith("│  ")]
+    assert listed == ["distill", "quantize", "evaluate", "export", "upscale", "info", "models",
+                      "datasets"], listed
+
+
 def test_unknown_command_is_a_usage_error(cli):
     assert cli("distil-typo").exit_code == 2
 

@@ -99,6 +99,11 @@ def test_missing_model_exits_2(cli, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
 
+def test_bicubic_has_no_network_to_export(cli) -> None:
+    result = cli("export", "bicubic", "--onnx")
+    assert result.exit_code == 2 and "bicubic is an interpolation with no network" in result.stderr
+
+
 def test_quantized_checkpoint_is_exported_with_int8_qdq_nodes(
         cli, tiny_student: Students, verify_image: Path, lr_images: dict, tmp_path: Path) -> None:
     """The `quantize` command's output (a checkpoint with `quant` metadata) → Q/DQ int8 file."""

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from srcompress._version import __version__
 from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.export import VerificationFailedError, export_onnx
-from srcompress.export.onnx import synthetic_texture
+from srcompress.export.verify import synthetic_texture
 from srcompress.models import LoadedModel
 
 Students = Callable[..., LoadedModel]

@@ -11,9 +11,10 @@ from torch import Tensor
 
 from srcompress.data.images import read_image
 from srcompress.demo import demo_teacher_path
+from srcompress.devices import onnx_providers
 from srcompress.errors import UserInputError
 from srcompress.export import export_onnx
-from srcompress.inference import OnnxRunner, TorchRunner, make_runner, onnx_providers
+from srcompress.inference import OnnxRunner, TorchRunner, make_runner
 from srcompress.models import LoadedModel, save_model
 
 Students = Callable[..., LoadedModel]
