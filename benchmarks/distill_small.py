@@ -19,21 +19,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from results_doc import replace_section
+from results_doc import replace_section, shown_command, shown_path
 
 from srcompress import models
 from srcompress.demo import demo_teacher_path
+from srcompress.devices import resolve_device
 from srcompress.evaluation import evaluate
 from srcompress.files import atomic_path
 from srcompress.train.distill import distill
-from srcompress.train.distributed import rank_device
 from srcompress.train.loop import Reporter, ValidationResults
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -184,7 +183,7 @@ def main() -> None:
     arguments = parser.parse_args()
     arguments.train_data = arguments.train_data or [SHARED_DATA / "train" / "SunHays80"]
 
-    command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
+    command = shown_command(["python", *sys.argv])
     if arguments.train_teacher:
         arguments.teacher = train_teacher(arguments)
     teacher = models.load_model(arguments.teacher)
@@ -199,15 +198,16 @@ def main() -> None:
     teacher_name = f"{teacher.arch} {teacher.settings} x{teacher.scale}"
     section = "\n".join([
         "## Distillation at small scale (benchmarks/distill_small.py)", "",
-        f"Teacher `{arguments.teacher}` ({teacher_name}, {teacher.parameters:,} parameters); "
+        f"Teacher `{shown_path(arguments.teacher)}` ({teacher_name}, "
+        f"{teacher.parameters:,} parameters); "
         f"student `{student}` "
         f"({models.build_model(student, teacher.scale).parameters:,} parameters). Training "
-        f"images: {', '.join(str(p) for p in arguments.train_data)}; {arguments.iters} "
+        f"images: {', '.join(shown_path(p) for p in arguments.train_data)}; {arguments.iters} "
         f"iterations, batch {arguments.batch_size}, LR patch {arguments.patch_size}, lr "
         f"{arguments.lr} ({arguments.schedule}), EMA 0.999 with warm-up, seeds "
         f"{', '.join(map(str, arguments.seeds))}; the final EMA student of every run is "
         "evaluated (Y channel, border = scale). Mean ± sample std over seeds; s/iter measured "
-        f"on {rank_device(arguments.device)} with {torch.get_num_threads()} torch threads on a "
+        f"on {resolve_device(arguments.device)} with {torch.get_num_threads()} torch threads on a "
         "shared machine.",
         "", markdown, "", "Paired PSNR differences (same seed: same data order and initial "
         "student weights):", "", paired_differences(arguments, runs), "",

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
-from results_doc import replace_section
+from results_doc import replace_section, shown_command
 
 from srcompress.data.training import PatchBatches, load_training_images
 from srcompress.demo import demo_data_folder, demo_teacher_path
@@ -114,9 +113,7 @@ def main() -> None:
                             scores(str(result.quantized), scale, args), float_scores, seconds))
             print(rows[-1], flush=True)
 
-    command = " ".join(shlex.quote(part) for part in [".venv/bin/python",
-                                                       "benchmarks/quantize_small.py",
-                                                       *sys.argv[1:]])
+    command = shown_command([".venv/bin/python", "benchmarks/quantize_small.py", *sys.argv[1:]])
     teacher = args.teacher or "the student's own full-precision weights"
     text = "\n".join([
         "## Quantization-aware training (benchmarks/quantize_small.py)",
