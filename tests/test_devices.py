@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
-from srcompress.devices import onnx_providers, resolve_device
+from srcompress.devices import onnx_providers, onnx_session, resolve_device
 from srcompress.errors import UserInputError
 from srcompress.inference import make_runner
 from srcompress.train.distill import distill
@@ -39,3 +42,27 @@ def test_auto_and_cpu() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert onnx_providers("cpu") == ["CPUExecutionProvider"]
     assert onnx_providers("auto")[-1] == "CPUExecutionProvider"
+
+
+def test_without_onnxruntime_an_onnx_model_says_which_extra_to_install(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if neither package were installed
+    model = tmp_path / "student.onnx"
+    model.write_bytes(b"not read: onnxruntime is missing")
+    with pytest.raises(UserInputError, match=r"ONNX Runtime is not installed: pip install "
+                                             r"'srcompress\[cpu\]' \(CPU\) or 'srcompress\[gpu\]'"):
+        make_runner(model, device="cpu")
+
+
+def test_both_onnxruntime_packages_are_named_in_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    installed = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.0" if name in (
+        "onnxruntime", "onnxruntime-gpu") else installed(name))
+    identity = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["input"], ["output"])], "identity",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1])]))
+    onnx.save(identity, tmp_path / "identity.onnx")
+    with pytest.warns(UserWarning, match="both onnxruntime and onnxruntime-gpu are installed"):
+        onnx_session(tmp_path / "identity.onnx", "cpu")
