@@ -414,6 +414,8 @@ def _to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
     onnxruntime's converter appends the float32 input/output casts at the end of the node list;
     the stable topological sort puts them back in order so the file passes the ONNX checker."""
+    # Imported here: onnxruntime is optional (see srcompress.devices), and onnxscript adds about
+    # 0.4 s to every command's start (python -X importtime) while only fp16 export needs it.
     import_onnxruntime()  # one sentence when neither onnxruntime package is installed
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxscript import ir
