@@ -1,7 +1,7 @@
 """onnxruntime CPU latency of a float model and its w8a8 Q/DQ export on a 256x256 input.
 
 Both files are made by the project's own export (`srcompress.export.onnx.export_onnx`, verified
-against PyTorch), from the same weights: the int8 one after `quantize_modules` (body scope) and
+against PyTorch), from the same weights: the int8 one after `quantize_model` (body scope) and
 calibration on a real image, without training (latency does not depend on it). Both sessions run
 in the same process, alternately, after a warm-up, and the median of `--repeats` runs is reported
 with the ratio float/int8 (above 1: the int8 model is faster).
@@ -33,7 +33,7 @@ from srcompress.data.images import read_image
 from srcompress.demo import demo_data_folder
 from srcompress.export.onnx import export_onnx
 from srcompress.models import LoadedModel, build_model, load_model
-from srcompress.quant import calibrate, quantize_modules
+from srcompress.quant import calibrate, quantize_model
 
 CALIBRATION_IMAGE = demo_data_folder() / "astronaut.png"
 
@@ -73,8 +73,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     float_model = load_model(args.model) if args.model else build_model(args.spec, args.scale)
-    quantized_module = copy.deepcopy(float_model.module)
-    report = quantize_modules(quantized_module, 8, 8)
+    quantized_module, report = quantize_model(copy.deepcopy(float_model.module), 8, 8)
     image = read_image(CALIBRATION_IMAGE)[:, :128, :128].unsqueeze(0)
     calibrate(quantized_module, [image])
     quantized = LoadedModel(quantized_module, float_model.arch, float_model.settings,

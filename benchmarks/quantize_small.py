@@ -28,7 +28,7 @@ from srcompress.data.training import PatchBatches, load_training_images
 from srcompress.demo import demo_data_folder, demo_teacher_path
 from srcompress.evaluation import evaluate
 from srcompress.models import load_model
-from srcompress.quant import calibrate, quantize_modules
+from srcompress.quant import calibrate, quantize_model
 from srcompress.train.quantize import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +44,7 @@ def scores(model: object, scale: int, args: argparse.Namespace) -> dict[str, tup
 
 def calibrated_only(model_path: str, bits: int, args: argparse.Namespace, scale: int):
     """The quantised model as training starts: calibrated on the run's first batches."""
-    module = copy.deepcopy(load_model(model_path).module)
-    quantize_modules(module, bits, bits)
+    module, _ = quantize_model(copy.deepcopy(load_model(model_path).module), bits, bits)
     data = load_training_images(args.train_data, scale, args.patch_size)
     batches = PatchBatches(data, args.patch_size, args.batch_size, args.seed)
     calibrate(module, [batches[i][0] for i in range(args.calibration_batches)])

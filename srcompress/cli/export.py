@@ -18,6 +18,7 @@ from srcompress.export import (
     default_output,
     export_onnx,
     parse_input_size,
+    runtime_summary,
 )
 from srcompress.models import load_model
 
@@ -61,6 +62,11 @@ def export(
     exporter: str = typer.Option(
         "auto", "--exporter", metavar="auto|torchscript|dynamo",
         help="torch exporter; auto = TorchScript (fast), else dynamo (torch.export)."),
+    int4: str | None = typer.Option(
+        None, "--int4", metavar="cast|dq|none",
+        help="Quantized models of 4 weight bits or fewer: INT4 weights cast to INT8 at load "
+        "(cast, default: half the file, integer kernels), INT4 read by DequantizeLinear (dq: "
+        "float kernels on onnxruntime's CPU), or 8-bit containers (none)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     arch: str | None = inference_flags.ARCH_OPTION,
     json_path: str | None = JSON_OPTION,
@@ -87,7 +93,8 @@ def export(
         try:
             report = export_onnx(loaded, target, opset=opset, dynamic=dynamic, input_size=size,
                                  fp16=fp16, force=force, atol=atol, verify_image=verify_image,
-                                 exporter=exporter, progress=lambda message: status.update(message))
+                                 exporter=exporter, int4=int4,
+                                 progress=lambda message: status.update(message))
         except VerificationFailedError as failure:
             if human_output(json_path):
                 _print(failure.report, written=False)
@@ -110,7 +117,10 @@ def _print(report: ExportReport, written: bool) -> None:
         table.add_row("Q/DQ nodes", ", ".join(f"{k} {v}" for k, v in report.qdq_nodes.items()))
     if "quant_storage" in report.metadata:
         table.add_row("quantization", f"{report.metadata.get('quant_bits', '')}: "
-                      f"{report.metadata['quant_storage']}")
+                      f"{report.metadata['quant_storage']}; weights: "
+                      f"{report.metadata.get('quant_weight_storage', '')}")
+    if report.runtime_ops is not None:
+        table.add_row("onnxruntime CPU runs", runtime_summary(report.runtime_ops))
     sizes = ", ".join(f"{h}x{w}" for h, w in report.verification_sizes)
     if report.max_abs_diff is None:
         table.add_row("verification", f"[yellow]not verified[/]: {report.not_verified_reason}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ from rich.table import Table
 
 from srcompress.cli import app
 from srcompress.cli.common import JSON_OPTION, console, emit_json, human_output
-from srcompress.models import ARCHITECTURES, PRESETS, count_macs, load_model
+from srcompress.export import export_onnx, runtime_summary
+from srcompress.models import ARCHITECTURES, PRESETS, LoadedModel, count_macs, load_model
 
 _SHOWN_ABOVE = {"architecture", "settings", "scale", "srcompress_format"}
 
@@ -22,7 +24,11 @@ def info(
                                     help="Architecture SPEC overriding detection."),
     json_path: str | None = JSON_OPTION,
 ) -> None:
-    """Show a checkpoint's architecture, settings, scale, parameters, MACs and metadata."""
+    """Show a checkpoint's architecture, settings, scale, parameters, MACs and metadata.
+
+    For a quantized checkpoint, also how many convs and matmuls ONNX Runtime runs in integers:
+    the model is exported to a temporary file and read back from the runtime's optimised graph.
+    """
     loaded = load_model(model, arch=arch)
     macs = count_macs(loaded.module)
     report: dict[str, Any] = {
@@ -30,6 +36,10 @@ def info(
         "scale": loaded.scale, "parameters": loaded.parameters, "macs_256x256": macs,
         "metadata": loaded.metadata,
     }
+    quant = loaded.metadata.get("quant")
+    if isinstance(quant, dict):
+        report["skipped_layers"] = quant.get("skipped", {})
+        report["onnxruntime_cpu"] = _runtime_ops(loaded)
     if human_output(json_path):
         table = Table(title=str(model), show_header=False)
         table.add_row("architecture", loaded.arch)
@@ -40,8 +50,18 @@ def info(
         for key, value in loaded.metadata.items():
             if key not in _SHOWN_ABOVE:
                 table.add_row(key, str(value))
+        if "onnxruntime_cpu" in report:
+            table.add_row("onnxruntime CPU runs", runtime_summary(report["onnxruntime_cpu"]))
+            if report["skipped_layers"]:
+                table.add_row("not quantized (unsupported)", ", ".join(
+                    f"{name} ({kind})" for name, kind in report["skipped_layers"].items()))
         console.print(table)
     emit_json(report, json_path)
+
+
+def _runtime_ops(loaded: LoadedModel) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as folder:
+        return export_onnx(loaded, Path(folder) / "model.onnx").runtime_ops or {}
 
 
 @app.command(epilog="Example: srcompress models --json -")

@@ -32,15 +32,16 @@ def quantize_command(
                                  "srcompress reads, e.g. a distilled student)."),
     quantize_all: bool = typer.Option(
         False, "--quantize-all", help="Quantize every convolution, head and upsampling tail "
-        "included (default: the body only)."),
+        "included (default: all but the output convolution and channel attention)."),
     *,
     json_path: str | None = JSON_OPTION,
     **flags: Any,
 ) -> None:
     """Quantization-aware training of MODEL, guided by a full-precision teacher (DUKD default).
 
-    Replaces the body convolutions (all with --quantize-all) by fake-quant ones with per-channel
-    weights and learned activation ranges, calibrates the ranges, fine-tunes, and writes
+    Turns MODEL into the integer graph ONNX Runtime runs (per-channel weights; every conv
+    output, residual Add and ReLU quantised with learned ranges; the output convolution stays
+    float unless --quantize-all), calibrates the ranges, fine-tunes, and writes
     quantized.safetensors (which evaluate, info and export take as MODEL), best.safetensors,
     metrics.json, config.toml and resumable checkpoints into --output.
     """
@@ -54,6 +55,8 @@ def quantize_command(
                f"{len(report.quantized)} layers; full precision: "
                + (", ".join(f"{name} ({why})" for name, why in report.full_precision.items())
                   or "none"))
+    if report.skipped:
+        summary += f"; {report.skipped_sentence()}"
     training_flags.report_run(result, json_path, ("Quantized model", "quantized"), summary,
                               quantization=report.to_dict())
     if not result.completed:

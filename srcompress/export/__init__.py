@@ -9,6 +9,7 @@ from srcompress.export.onnx import (
     export_onnx,
     parse_input_size,
 )
+from srcompress.export.qdq import runtime_operator_counts, runtime_summary
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -18,4 +19,6 @@ __all__ = [
     "default_output",
     "export_onnx",
     "parse_input_size",
+    "runtime_operator_counts",
+    "runtime_summary",
 ]

@@ -44,7 +44,12 @@ from torch import Tensor, nn
 from srcompress._version import __version__
 from srcompress.devices import import_onnxruntime
 from srcompress.errors import UserInputError, WorkFailedError
-from srcompress.export.qdq import QDQ_MIN_OPSET, qdq_export_mode
+from srcompress.export.qdq import (
+    INT4_FORMS,
+    QDQ_OPSET,
+    qdq_export_mode,
+    runtime_operator_counts,
+)
 from srcompress.export.verify import (
     DEFAULT_ATOL,
     crop_or_resize,
@@ -93,6 +98,7 @@ class ExportReport:
     verify_seconds: float = 0.0
     file_bytes: int = 0
     qdq_nodes: dict[str, int] | None = None
+    runtime_ops: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +117,7 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
                 dynamic: bool = True, input_size: tuple[int, int] | None = None,
                 fp16: bool = False, force: bool = False, atol: float | None = None,
                 verify_image: str | Path | None = None, exporter: str = "auto",
+                int4: str | None = None,
                 progress: ProgressCallback | None = None) -> ExportReport:
     """Export `model` to `output` (.onnx) and verify it with onnxruntime against PyTorch.
 
@@ -118,6 +125,8 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
     quantized models). With `dynamic`, height and
     width are symbolic and `input_size` (h, w) only sets the traced and verified size; static
     exports need it. `exporter` is `auto` (TorchScript, else dynamo), `torchscript` or `dynamo`.
+    `int4` chooses how a quantized model's weights of 4 bits or fewer are stored (see
+    `srcompress.export.qdq`; default "cast"); a float model refuses it.
     Raises UserInputError for bad arguments, an existing output without `force`, an unwritable
     folder or an architecture that cannot be exported (naming the operator), and
     VerificationFailedError (a WorkFailedError) when the file does not reproduce PyTorch; in
@@ -129,7 +138,7 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
     precision = "int8" if quantized else "fp16" if fp16 else "fp32"
     tolerance = DEFAULT_ATOL[precision] if atol is None else atol
     _check_arguments(output, opset, dynamic, input_size, fp16, quantized, force, tolerance,
-                     exporter)
+                     exporter, int4)
     image, image_label = verification_image(verify_image)
     sizes = verification_sizes(image, dynamic, input_size)
     inputs = [crop_or_resize(image, size)[None] for size in sizes]
@@ -140,7 +149,7 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
         started = time.perf_counter()
         if quantized:
             proto, qdq_nodes = _export_quantized(module, inputs[0], temporary, opset, dynamic,
-                                                 model.arch)
+                                                 model.arch, int4 or "cast")
             exporter_used = "torchscript"
         else:
             proto, exporter_used = _export_float(module, inputs[0], opset, dynamic, model.arch,
@@ -168,6 +177,7 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
         differences, provider, reason = onnxruntime_difference(temporary, inputs, references,
                                                                 precision)
         worst, p99 = differences if differences else (None, None)
+        runtime_ops = runtime_operator_counts(temporary) if quantized else None
         difference = p99 if quantized else worst
         criterion = "99 % of values" if quantized else "up to"
         report = ExportReport(
@@ -179,7 +189,7 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
             verification_image=image_label, verification_sizes=[list(size) for size in sizes],
             not_verified_reason=reason, export_seconds=round(export_seconds, 3),
             verify_seconds=round(time.perf_counter() - started, 3),
-            file_bytes=temporary.stat().st_size, qdq_nodes=qdq_nodes,
+            file_bytes=temporary.stat().st_size, qdq_nodes=qdq_nodes, runtime_ops=runtime_ops,
             metadata={entry.key: entry.value for entry in proto.metadata_props})
         if difference is not None and not difference <= tolerance:
             raise VerificationFailedError(
@@ -225,7 +235,12 @@ def _is_quantized(model: LoadedModel) -> bool:
 
 def _check_arguments(output: Path, opset: int | None, dynamic: bool,
                      input_size: tuple[int, int] | None, fp16: bool, quantized: bool,
-                     force: bool, atol: float, exporter: str) -> None:
+                     force: bool, atol: float, exporter: str, int4: str | None) -> None:
+    if int4 is not None and not quantized:
+        raise UserInputError("--int4 applies to quantized models only, and this one is float: "
+                             "quantize it with `srcompress quantize --w-bits 4` first.")
+    if int4 is not None and int4 not in INT4_FORMS:
+        raise UserInputError(f"--int4 {int4} is unknown: use {', '.join(INT4_FORMS)}.")
     if exporter not in EXPORTERS:
         raise UserInputError(f"--exporter {exporter} is unknown: use {', '.join(EXPORTERS)}.")
     if quantized and exporter == "dynamo":
@@ -324,10 +339,11 @@ def _export_dynamo(module: nn.Module, sample: Tensor, opset: int | None, dynamic
 
 
 def _export_quantized(module: nn.Module, sample: Tensor, temporary: Path, opset: int | None,
-                      dynamic: bool, arch: str) -> tuple[onnx.ModelProto, dict[str, int]]:
-    opset_version = max(opset or _TORCHSCRIPT_OPSET, QDQ_MIN_OPSET)
+                      dynamic: bool, arch: str,
+                      int4: str) -> tuple[onnx.ModelProto, dict[str, int]]:
+    opset_version = max(opset or QDQ_OPSET, QDQ_OPSET)
     try:
-        with _quiet_exporter(), qdq_export_mode(module) as qdq:
+        with _quiet_exporter(), qdq_export_mode(module, int4) as qdq:
             torch.onnx.export(module, (sample,), str(temporary), dynamo=False,
                               input_names=["input"], output_names=["output"],
                               opset_version=opset_version,

@@ -1,66 +1,103 @@
-"""The quantised part of ONNX export: fake-quant layers as QuantizeLinear/DequantizeLinear pairs.
+"""The quantised part of ONNX export: the fake-quant graph as explicit QuantizeLinear /
+DequantizeLinear (QDQ) pairs, in the form ONNX Runtime fuses into integer kernels.
 
 `srcompress.export.onnx` takes this path when `srcompress.quant.is_quantized(module)`:
 
     with qdq_export_mode(module) as qdq:
-        torch.onnx.export(module, ..., dynamo=False, opset_version=max(opset, QDQ_MIN_OPSET))
-    qdq.finalize(onnx_path)      # int8 weights + DequantizeLinear, metadata; atomic rewrite
-    # report qdq.metadata["quant_storage"] and qdq_node_counts(onnx_path) to the user
+        torch.onnx.export(module, ..., dynamo=False, opset_version=QDQ_OPSET)
+    counts = qdq.finalize(onnx_path)   # integer weights and bias + DequantizeLinear; metadata
 
-Inside the context every quantised layer quantises its input with
-`torch.fake_quantize_per_tensor_affine`, which the TorchScript exporter (not the dynamo one)
-emits as a Q/DQ pair. Its weights are traced as a constant holding the dequantised values (the
-exporter folds a weight Q/DQ pair away); `finalize` finds each such constant, stores the integers
-as an int8 initialiser and puts a per-channel DequantizeLinear in front of the convolution, so the
-file holds int8 weights and onnxruntime can fuse the pattern into integer convolutions.
+Inside the context every `ActivationQuantizer` emits QuantizeLinear → DequantizeLinear in uint8
+(with an integer Clip between them below 8 bits) and every `QuantConv2d` runs on constant weights
+and bias equal to its integers times their scales. `finalize` finds those constants by value,
+stores the integers (int8 weights per output channel, int32 bias in the unit input step × weight
+step, as QLinearConv holds it) and puts a DequantizeLinear in front of each, so the runtime sees
+DQ → Conv → Q groups and runs QLinearConv, with QLinearAdd/QLinearMul/QLinearConcat... around
+them. The explicit QDQ form is also what TensorRT consumes on GPUs.
 
-Bit-widths below 8 use the same 8-bit containers: values are clipped to the b-bit range and the
-scale is clip/levels(b), so the stored integers lie exactly on the b-bit grid and the exported
-model computes what the fake-quant model computes; the metadata says so, because the file is then
-no smaller than an 8-bit one.
+Weights of 4 bits and fewer are stored packed as INT4 (opset 21) so the file is about half an
+8-bit one. ONNX Runtime's CPU integer convolution does not accept INT4 weights (its QDQ selector
+only fuses 8-bit ones), so by default each packed tensor goes through a Cast to INT8 that the
+runtime folds once when it loads the file (`int4="cast"`): small file, int8 kernels. `int4="dq"`
+feeds the INT4 tensor to DequantizeLinear directly (the runtime then runs float convolutions);
+`int4="none"` keeps 8-bit containers. The metadata names the form written.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from srcompress.devices import onnx_session
 from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.files import atomic_path
-from srcompress.quant.fakequant import quantization_settings, quantized_layers
+from srcompress.quant.graph import activation_quantizers, quantization_settings, quantized_layers
 
-QDQ_MIN_OPSET = 13
+QDQ_OPSET = 17
+INT4_OPSET = 21
+INT4_FORMS = ("cast", "dq", "none")
+_INT4_FORM_NOTE = {
+    "cast": "INT4 packed weights, cast to INT8 when onnxruntime loads the file (its integer "
+            "convolution takes 8-bit weights only)",
+    "dq": "INT4 packed weights read by DequantizeLinear (onnxruntime runs these convolutions in "
+          "float)",
+    "none": "int8 containers holding the b-bit integers",
+}
+
+
+class LayerIntegers:
+    """One quantised conv's integers and scales, and the float constants its trace holds."""
+
+    def __init__(self, weight: np.ndarray, weight_scale: np.ndarray, bias: np.ndarray | None,
+                 bias_scale: np.ndarray | None, traced_weight: np.ndarray,
+                 traced_bias: np.ndarray | None, bits: int) -> None:
+        self.weight, self.weight_scale = weight, weight_scale
+        self.bias, self.bias_scale = bias, bias_scale
+        self.traced_weight, self.traced_bias = traced_weight, traced_bias
+        self.bits = bits
 
 
 class QDQExport:
-    """What the Q/DQ export needs after tracing: the layers' integer weights and the metadata."""
+    """What the QDQ export needs after tracing: each layer's integers and the metadata."""
 
-    def __init__(self, weights: dict[str, tuple[np.ndarray, np.ndarray]],
-                 metadata: dict[str, str]) -> None:
-        self.weights = weights
+    def __init__(self, layers: dict[str, LayerIntegers], metadata: dict[str, str],
+                 int4: str) -> None:
+        self.layers = layers
         self.metadata = metadata
+        self.int4 = int4
 
     def finalize(self, path: str | Path) -> dict[str, int]:
-        """Rewrite the exported file with int8 weights and the quantisation metadata, atomically.
+        """Rewrite the exported file with integer weights and biases, atomically.
 
-        Returns the Q/DQ node counts of the final graph. Raises WorkFailedError when a quantised
-        layer's weights cannot be found in the traced graph (the export would silently be float).
+        Returns the QDQ node counts of the final graph. Raises WorkFailedError when a quantised
+        layer's constants cannot be found in the traced graph (the export would silently be float).
         """
         path = Path(path)
         proto = onnx.load(str(path))
-        missing = store_int8_weights(proto, self.weights)
+        missing = store_integer_weights(proto, self.layers)
         if missing:
             raise WorkFailedError(
                 f"the exported graph {path} has no constant weights for quantized layer "
                 f"'{missing[0]}': export it with the TorchScript exporter (dynamo=False).")
+        packed = self.int4 != "none" and any(layer.bits <= 4 for layer in self.layers.values())
+        if packed:
+            proto = onnx.version_converter.convert_version(proto, INT4_OPSET)
+            pack_int4_weights(proto, self.layers, self.int4)
+        metadata = dict(self.metadata)
+        metadata["quant_weight_storage"] = (_INT4_FORM_NOTE[self.int4] if packed
+                                            else "int8 per output channel")
         existing = {entry.key: entry for entry in proto.metadata_props}
-        for key, value in self.metadata.items():
+        for key, value in metadata.items():
             entry = existing.get(key) or proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
@@ -70,51 +107,69 @@ class QDQExport:
 
 
 @contextmanager
-def qdq_export_mode(module: nn.Module) -> Iterator[QDQExport]:
-    """Switch the fake-quant layers to their Q/DQ-emitting forward while the model is traced.
+def qdq_export_mode(module: nn.Module, int4: str = "cast") -> Iterator[QDQExport]:
+    """Switch the fake-quant layers to their QDQ-emitting forward while the model is traced.
 
-    Raises UserInputError on a model without quantised layers.
+    Raises UserInputError on a model without quantised layers or an unknown `int4` form.
     """
+    if int4 not in INT4_FORMS:
+        raise UserInputError(f"the INT4 weight form {int4!r} is unknown: use "
+                             f"{', '.join(INT4_FORMS)}.")
     layers = dict(quantized_layers(module))
     if not layers:
         raise UserInputError("the model is not quantized, so it has no Q/DQ export: export it as "
                              "a float model instead.")
     settings = quantization_settings(module)
     assert settings is not None
-    weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    quantizers = dict(activation_quantizers(module))
+    integers: dict[str, LayerIntegers] = {}
+    for quantizer in quantizers.values():
+        quantizer.export_parameters = quantizer.quantization_parameters()
     for name, layer in layers.items():
-        dequantized, step = layer.freeze_for_export()
-        weights[name] = (dequantized.cpu().numpy(), step.cpu().numpy())
-        layer.qdq_export = True
+        weight, weight_scale, bias, bias_scale = layer.integer_weights()
+        traced_weight = weight.float() * weight_scale.view(-1, 1, 1, 1)
+        if bias is not None and bias_scale is not None:
+            traced_bias = bias.double() * bias_scale.double()
+            traced_bias = traced_bias.float()
+        elif layer.bias is not None:
+            traced_bias = (layer.bias.detach() * layer.output_multiplier).float()
+        else:
+            traced_bias = None
+        layer.export_constants = (traced_weight, traced_bias)
+        integers[name] = LayerIntegers(
+            weight.cpu().numpy(), weight_scale.cpu().numpy(),
+            bias.cpu().numpy() if bias is not None else None,
+            bias_scale.cpu().numpy() if bias_scale is not None else None,
+            traced_weight.cpu().numpy(),
+            traced_bias.cpu().numpy() if traced_bias is not None else None, layer.w_bits)
     try:
-        yield QDQExport(weights, qdq_metadata(settings))
+        yield QDQExport(integers, qdq_metadata(settings, len(quantizers)), int4)
     finally:
+        for quantizer in quantizers.values():
+            quantizer.export_parameters = None
         for layer in layers.values():
-            layer.qdq_export = False
-            del layer.export_weight, layer.export_bias, layer.export_activation
+            layer.export_constants = None
 
 
-def qdq_metadata(settings: dict[str, object]) -> dict[str, str]:
+def qdq_metadata(settings: dict[str, object], quantizers: int) -> dict[str, str]:
     """What the ONNX file says about its quantisation (bits, storage, number of layers)."""
     w_bits, a_bits, layers = settings["w_bits"], settings["a_bits"], settings["layers"]
     assert isinstance(w_bits, list) and isinstance(a_bits, list) and isinstance(layers, list)
     bits = f"w{'/'.join(map(str, w_bits))}a{'/'.join(map(str, a_bits))}"
-    if min(w_bits) < 8 or min(a_bits) < 8:
-        storage = (f"{bits} values stored exactly in int8/uint8 Q/DQ containers "
-                   "(the file is no smaller than an 8-bit one)")
-    else:
-        storage = "int8 per-channel weights, int8/uint8 activations, as Q/DQ pairs"
-    return {"quant_format": "qdq", "quant_bits": bits, "quant_storage": storage,
-            "quant_layers": str(len(layers))}
+    activations = ("uint8 activations" if min(a_bits) == 8 else
+                   f"{bits} activations in uint8, their b-bit range an integer Clip after each "
+                   "QuantizeLinear")
+    return {"quant_format": "qdq", "quant_bits": bits,
+            "quant_storage": f"int8 per-channel weights, int32 bias, {activations}",
+            "quant_layers": str(len(layers)), "quant_activation_quantizers": str(quantizers)}
 
 
-def store_int8_weights(proto: onnx.ModelProto,
-                       weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
-    """Replace each quantised layer's float weight constant by int8 + DequantizeLinear, in place.
+def store_integer_weights(proto: onnx.ModelProto, layers: dict[str, LayerIntegers]) -> list[str]:
+    """Replace each quantised conv's float weight and bias constants by integers + DQ, in place.
 
-    Constants are matched by value (the traced constant equals the layer's dequantised weights
-    bit for bit), which does not depend on how the exporter names nodes. Returns the layers whose
-    weights were not found.
+    Constants are matched by value (the traced constant equals the layer's integers times their
+    scales bit for bit), which does not depend on how the exporter names nodes. Returns the layers
+    whose weights were not found.
     """
     graph = proto.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -122,16 +177,25 @@ def store_int8_weights(proto: onnx.ModelProto,
         attributes = node.attribute
         if node.op_type == "Constant" and len(attributes) == 1 and attributes[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    pending = dict(weights)
+    pending = dict(layers)
     new_nodes = []
     replaced: set[str] = set()
     for node in graph.node:
         if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in constants:
             found = _matching_layer(constants[node.input[1]], pending)
             if found is not None:
-                dequantized, step = pending.pop(found)
+                layer = pending.pop(found)
                 replaced.add(node.input[1])
-                node.input[1] = _add_dequantize(graph, new_nodes, found, dequantized, step)
+                node.input[1] = _add_dequantize(graph, new_nodes, f"{found}.weight", layer.weight,
+                                                layer.weight_scale, axis=0)
+                if len(node.input) > 2 and node.input[2] and layer.bias is not None:
+                    if not np.array_equal(constants.get(node.input[2]), layer.traced_bias):
+                        raise WorkFailedError(f"the bias of quantized layer '{found}' in the "
+                                              "exported graph is not on its int32 grid.")
+                    replaced.add(node.input[2])
+                    assert layer.bias_scale is not None
+                    node.input[2] = _add_dequantize(graph, new_nodes, f"{found}.bias",
+                                                    layer.bias, layer.bias_scale, axis=0)
         new_nodes.append(node)
     del graph.node[:]
     graph.node.extend(new_nodes)
@@ -139,31 +203,54 @@ def store_int8_weights(proto: onnx.ModelProto,
     return list(pending)
 
 
-def _matching_layer(array: np.ndarray,
-                    pending: dict[str, tuple[np.ndarray, np.ndarray]]) -> str | None:
-    for name, (dequantized, _) in pending.items():
-        if array.shape == dequantized.shape and np.array_equal(array, dequantized):
+def pack_int4_weights(proto: onnx.ModelProto, layers: dict[str, LayerIntegers],
+                      form: str) -> None:
+    """Store the weights of layers of 4 bits or fewer as INT4 (`form` "cast" or "dq"), in place."""
+    graph = proto.graph
+    by_name = {init.name: init for init in graph.initializer}
+    new_nodes = []
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith(".weight_int"):
+            layer = layers[node.input[0].removesuffix(".weight_int")]
+            if layer.bits <= 4:
+                packed_name = node.input[0] + "4"
+                graph.initializer.remove(by_name[node.input[0]])
+                graph.initializer.append(numpy_helper.from_array(
+                    layer.weight.astype(ml_dtypes.int4), packed_name))
+                zero_name = node.input[2]
+                if form == "cast":
+                    new_nodes.append(helper.make_node("Cast", [packed_name], [node.input[0]],
+                                                      name=f"{packed_name}_Cast",
+                                                      to=TensorProto.INT8))
+                else:
+                    graph.initializer.remove(by_name[zero_name])
+                    graph.initializer.append(numpy_helper.from_array(
+                        np.zeros(layer.weight_scale.shape, ml_dtypes.int4), zero_name))
+                    node.input[0] = packed_name
+        new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+
+def _matching_layer(array: np.ndarray, pending: dict[str, LayerIntegers]) -> str | None:
+    for name, layer in pending.items():
+        if array.shape == layer.traced_weight.shape and np.array_equal(array, layer.traced_weight):
             return name
     return None
 
 
-def _add_dequantize(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], layer: str,
-                    dequantized: np.ndarray, step: np.ndarray) -> str:
-    shape = (-1,) + (1,) * (dequantized.ndim - 1)
-    integers = np.rint(dequantized / step.reshape(shape)).astype(np.int8)
-    if not np.array_equal(integers.astype(np.float32) * step.reshape(shape), dequantized):
-        raise WorkFailedError(f"the weights of quantized layer '{layer}' are not on their "
-                              "integer grid, so they cannot be stored as int8.")
-    prefix = f"{layer}.weight"
+def _add_dequantize(graph: onnx.GraphProto, nodes: list[onnx.NodeProto], prefix: str,
+                    integers: np.ndarray, scale: np.ndarray, axis: int) -> str:
+    zero = np.zeros(scale.shape, integers.dtype)
     graph.initializer.extend([
-        numpy_helper.from_array(integers, f"{prefix}_int8"),
-        numpy_helper.from_array(step.astype(np.float32), f"{prefix}_scale"),
-        numpy_helper.from_array(np.zeros(step.shape, np.int8), f"{prefix}_zero_point"),
+        numpy_helper.from_array(integers, f"{prefix}_int"),
+        numpy_helper.from_array(scale.astype(np.float32), f"{prefix}_scale"),
+        numpy_helper.from_array(zero, f"{prefix}_zero_point"),
     ])
     output = f"{prefix}_dequantized"
     nodes.append(helper.make_node("DequantizeLinear",
-                                  [f"{prefix}_int8", f"{prefix}_scale", f"{prefix}_zero_point"],
-                                  [output], name=f"{prefix}_DequantizeLinear", axis=0))
+                                  [f"{prefix}_int", f"{prefix}_scale", f"{prefix}_zero_point"],
+                                  [output], name=f"{prefix}_DequantizeLinear", axis=axis))
     return output
 
 
@@ -188,3 +275,42 @@ def qdq_node_counts(model: onnx.ModelProto | str | Path) -> dict[str, int]:
             counts[node.op_type] += 1
     return counts
 
+
+_INTEGER_CONVS = {"QLinearConv", "ConvInteger"}
+_FLOAT_CONVS = {"Conv", "FusedConv", "ConvTranspose"}
+_INTEGER_MATMULS = {"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QGemm",
+                    "DynamicQuantizeMatMul", "MatMulNBits"}
+_FLOAT_MATMULS = {"MatMul", "FusedMatMul", "Gemm"}
+
+
+def runtime_operator_counts(path: str | Path) -> dict[str, Any]:
+    """Convs and matmuls onnxruntime (CPU) runs in integers vs float, read from its optimised graph.
+
+    The file's own nodes say what was asked for; only the graph onnxruntime builds after its QDQ
+    fusions says what runs: a DQ → Conv → Q group becomes one QLinearConv, anything it cannot
+    fuse stays a float Conv fed by DequantizeLinear.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        optimized = Path(folder) / "optimized.onnx"
+        onnx_session(path, "cpu", optimized_model=optimized)
+        nodes = Counter(node.op_type for node in onnx.load(str(optimized),
+                                                           load_external_data=False).graph.node)
+    return {
+        "integer_convs": sum(nodes[op] for op in _INTEGER_CONVS),
+        "float_convs": sum(nodes[op] for op in _FLOAT_CONVS),
+        "integer_matmuls": sum(nodes[op] for op in _INTEGER_MATMULS),
+        "float_matmuls": sum(nodes[op] for op in _FLOAT_MATMULS),
+        "integer_ops": {op: count for op, count in sorted(nodes.items())
+                        if op.startswith("QLinear")},
+        "transposes": nodes["Transpose"],
+    }
+
+
+def runtime_summary(counts: dict[str, Any]) -> str:
+    """`runtime_operator_counts` in one line: integer vs float convs and matmuls."""
+    text = (f"{counts['integer_convs']} integer / {counts['float_convs']} float convs, "
+            f"{counts['integer_matmuls']} integer / {counts['float_matmuls']} float matmuls")
+    others = {op: n for op, n in counts["integer_ops"].items() if op != "QLinearConv"}
+    if others:
+        text += "; also " + ", ".join(f"{n} {op}" for op, n in others.items())
+    return text

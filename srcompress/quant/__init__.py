@@ -1,4 +1,5 @@
-"""Quantized layers: fake-quant convolutions, their calibration and their (de)serialisation.
+"""Quantized layers: fake-quant layers, their insertion as the integer graph, their calibration
+and their (de)serialisation.
 
 This package sits below `models` (which rebuilds a quantized model from a file's metadata with
 `restore_quantization`); quantization-aware training, `quantize()`, is a training command and
@@ -7,17 +8,21 @@ lives in `srcompress.train.quantize`.
 
 from srcompress.quant.calibration import calibrate
 from srcompress.quant.fakequant import (
+    ActivationQuantizer,
     QuantConv2d,
-    QuantizationReport,
     check_bits,
-    describe_quantization,
     fake_quantize,
+)
+from srcompress.quant.graph import (
+    QuantizationReport,
+    describe_quantization,
     is_quantized,
-    quantize_modules,
+    quantize_model,
     restore_quantization,
 )
 
 __all__ = [
+    "ActivationQuantizer",
     "QuantConv2d",
     "QuantizationReport",
     "calibrate",
@@ -25,6 +30,6 @@ __all__ = [
     "describe_quantization",
     "fake_quantize",
     "is_quantized",
-    "quantize_modules",
+    "quantize_model",
     "restore_quantization",
 ]

@@ -1,11 +1,12 @@
 """Initial activation clipping ranges from a few batches of real inputs.
 
 Learned clipping only fine-tunes a range; starting from a bad one (too wide wastes levels, too
-narrow clips the residual stream) costs a lot of training at 4 and 2 bits. Each quantised layer's
-input is observed in full precision, and its range set to the value that minimises the
-quantisation error of what was observed at the layer's bit-width, a bit-aware choice that lands
-near max|x| at 8 bits and clips the long tail at low bits. An input that was never negative (a
-ReLU output) gets the unsigned grid, which has twice the levels.
+narrow clips the residual stream) costs a lot of training at 4 and 2 bits. Each quantised tensor
+is observed in full precision (every quantiser and layer runs in float meanwhile), and its range
+set to the value that minimises the quantisation error of what was observed at its bit-width, a
+bit-aware choice that lands near max|x| at 8 bits and clips the long tail at low bits. A tensor
+that was never negative (a ReLU output) gets the grid with zero point 0, which has twice the
+levels above zero; the others the grid centred on zero point 2^(b-1).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from srcompress.errors import UserInputError
-from srcompress.quant.fakequant import fake_quantize, quantized_layers
+from srcompress.quant.fakequant import ActivationQuantizer, fake_quantize
+from srcompress.quant.graph import activation_quantizers
 
 # Values kept per layer and batch, and in all, for the error search (a random sample estimates the
 # error well); the exact extremes are tracked separately.
@@ -42,15 +44,15 @@ class _Observer:
 
 
 def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
-    """Set every `QuantConv2d`'s activation range and sign from `batches` (B×C×H×W inputs).
+    """Set every `ActivationQuantizer`'s range and sign from `batches` (B×C×H×W inputs).
 
-    The layers run in full precision while observing, so each range is measured on the float
-    activations it will quantise. Returns the chosen clipping value per layer.
+    Everything runs in full precision while observing, so each range is measured on the float
+    activations it will quantise. Returns the chosen clipping value per quantiser.
     """
-    layers = dict(quantized_layers(model))
+    layers: dict[str, ActivationQuantizer] = dict(activation_quantizers(model))
     if not layers:
         raise UserInputError("the model has no quantized layer to calibrate: run "
-                             "quantize_modules first.")
+                             "quantize_model first.")
     observers = {name: _Observer() for name in layers}
     handles = [layer.register_forward_pre_hook(observers[name]) for name, layer in layers.items()]
     was_training = model.training
@@ -58,7 +60,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
     try:
         model.eval()
         for layer in layers.values():
-            layer.quantization_enabled = False
+            layer.enabled = False
         with torch.no_grad():
             for batch in batches:
                 model(batch)
@@ -67,7 +69,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
         for handle in handles:
             handle.remove()
         for layer in layers.values():
-            layer.quantization_enabled = True
+            layer.enabled = True
         model.train(was_training)
     if seen == 0:
         raise UserInputError("calibration received no batches: give it at least one input batch.")
@@ -79,8 +81,7 @@ def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, float]:
         if samples.numel() > _SAMPLES_PER_LAYER:
             samples = samples[torch.randperm(samples.numel(), device=samples.device)
                               [:_SAMPLES_PER_LAYER]]
-        clip = _best_clip(samples, max(observer.largest, -observer.smallest), layer.a_bits,
-                          signed)
+        clip = _best_clip(samples, max(observer.largest, -observer.smallest), layer.bits, signed)
         with torch.no_grad():
             layer.act_signed.fill_(signed)
             layer.act_unit.fill_(clip)

@@ -1,7 +1,7 @@
 """`quantize()`: quantization-aware training guided by distillation (`srcompress quantize`).
 
-The model's convolutions are replaced by fake-quant ones (`quantize_modules`), their activation
-ranges calibrated on a few training batches, and the model is then fine-tuned by the distillation
+The model becomes its fake-quant integer graph (`srcompress.quant.quantize_model`), its activation
+ranges are calibrated on a few training batches, and the model is then fine-tuned by the distillation
 run (`srcompress.train.run.run_training`, with `QuantizeJob`): the same Trainer, run folder,
 progress, validation and resume as `distill`, with the full-precision model (or `teacher`) as the
 frozen teacher. `method="dukd"` (default) trains on DUKD's upcycled data too, `"kd"` on the pairs
@@ -34,7 +34,7 @@ from srcompress.quant import (
     check_bits,
     describe_quantization,
     is_quantized,
-    quantize_modules,
+    quantize_model,
 )
 from srcompress.train.loop import Reporter
 from srcompress.train.run import Job, RunResult, run_training
@@ -57,6 +57,9 @@ class QuantizeSettings(TrainingSettings):
     a_bits: int = setting(8, help="Activation bits, 2 to 8, with learned clipping ranges "
                           "(default: 8).")
     scope: str = setting("body", flag="--quantize-all")
+    strict: bool = setting(
+        False, help="Exit 2 when a layer cannot be quantized (default: keep it in float and "
+        "name it in the run's first line).")
     calibration_batches: int = setting(
         8, help="Training batches that set the initial activation ranges (default: 8).")
     method: str = setting(
@@ -109,6 +112,7 @@ def quantize(
     w_bits: int | None = None,
     a_bits: int | None = None,
     scope: str | None = None,
+    strict: bool | None = None,
     calibration_batches: int | None = None,
     train_data: Sequence[str | Path] | None = None,
     val_benchmarks: Sequence[str] | None = None,
@@ -141,8 +145,8 @@ def quantize(
     Every argument left as None takes its value from `config` (a TOML file) or the defaults of
     `QuantizeSettings`. Returns when the run finishes or is stopped by Ctrl-C (`completed` False;
     `resume=True` continues it). Raises `UserInputError` for bad inputs, including bit-widths
-    outside 2..8, a model that is already quantized, or an unsupported layer inside the quantised
-    scope.
+    outside 2..8, a model that is already quantized, or (with `strict`) a layer srcompress
+    cannot quantise.
     """
     given = QuantizeSettings.from_arguments(locals())
     if config is not None:
@@ -175,8 +179,9 @@ class QuantizeJob(Job[QuantizeSettings]):
                                  f"x{loaded.scale}: drop --scale.")
         settings.scale = loaded.scale
         self.teacher = self._teacher(settings, loaded, method.needs_teacher)
-        self.report = quantize_modules(loaded.module, settings.w_bits, settings.a_bits,
-                                       settings.scope)
+        loaded.module, self.report = quantize_model(loaded.module, settings.w_bits,
+                                                    settings.a_bits, settings.scope,
+                                                    strict=settings.strict)
         self.loaded = loaded
         settings.model = settings.model.resolve()
         if settings.teacher is not None:
@@ -213,8 +218,9 @@ class QuantizeJob(Job[QuantizeSettings]):
 
     def summary(self, settings: QuantizeSettings) -> str:
         report = self.report
-        return (f"w{settings.w_bits}a{settings.a_bits} on {len(report.quantized)} layers "
-                f"({len(report.full_precision)} kept in full precision)")
+        skipped = f"{report.skipped_sentence()}; " if report.skipped else ""
+        return (f"{skipped}w{settings.w_bits}a{settings.a_bits} on {len(report.quantized)} "
+                f"layers ({len(report.full_precision)} kept in full precision)")
 
     def before_training(self, settings: QuantizeSettings, module: nn.Module,
                         batches: PatchBatches, device: torch.device) -> None:

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from srcompress.models import LoadedModel, save_model
-from srcompress.quant import calibrate, quantize_modules
+from srcompress.quant import calibrate, quantize_model
 
 Students = Callable[..., LoadedModel]
 
@@ -108,7 +108,7 @@ def test_quantized_checkpoint_is_exported_with_int8_qdq_nodes(
         cli, tiny_student: Students, verify_image: Path, lr_images: dict, tmp_path: Path) -> None:
     """The `quantize` command's output (a checkpoint with `quant` metadata) → Q/DQ int8 file."""
     model = tiny_student("edsr")
-    quantization = quantize_modules(model.module, 8, 8)
+    model.module, quantization = quantize_model(model.module, 8, 8)
     calibrate(model.module, [lr_images["woman"]])
     checkpoint = save_model(tmp_path / "quantized.safetensors", model,
                             quant=quantization.metadata())
@@ -117,7 +117,11 @@ def test_quantized_checkpoint_is_exported_with_int8_qdq_nodes(
     report = json.loads(result.stdout)
     layers = len(quantization.quantized)
     assert report["precision"] == "int8" and report["verified"] is True
-    assert report["qdq_nodes"] == {"QuantizeLinear": layers, "DequantizeLinear": 2 * layers}
+    quantizers = len(quantization.activation_quantizers)
+    # One QDQ pair per quantised tensor, one DequantizeLinear per weight and per bias.
+    assert report["qdq_nodes"] == {"QuantizeLinear": quantizers,
+                                   "DequantizeLinear": quantizers + 2 * layers}
+    assert report["runtime_ops"]["integer_convs"] == layers
     assert report["metadata"]["quant_format"] == "qdq" and report["exporter"] == "torchscript"
     int8_weights = [init for init in onnx.load(report["output"]).graph.initializer
                     if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4]

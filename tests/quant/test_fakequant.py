@@ -1,43 +1,48 @@
-"""The quantiser itself, its gradients, and which layers module replacement touches."""
+"""The quantisers, their gradients, and where the graph pass puts them."""
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 
 from srcompress.errors import UserInputError
 from srcompress.models.edsr import EDSR
 from srcompress.models.rcan import RCAN
 from srcompress.quant import (
+    ActivationQuantizer,
     QuantConv2d,
     calibrate,
     check_bits,
     fake_quantize,
-    quantize_modules,
+    quantize_model,
     restore_quantization,
 )
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("signed", [True, False])
-def test_round_trip_lands_on_the_grid_within_half_a_step(bits: int, signed: bool) -> None:
+def test_round_trip_lands_on_the_uint8_grid_within_half_a_step(bits: int, signed: bool) -> None:
     clip = torch.tensor(1.7)
-    levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    levels = 2 ** (bits - 1) if signed else 2**bits - 1  # zero point 2^(b-1) or 0
     step = clip / levels
     values = torch.linspace(-1.7 if signed else 0.0, 1.7, 1001)
     quantized = fake_quantize(values, clip, bits, signed)
     integers = quantized / step
     assert torch.allclose(integers, integers.round(), atol=1e-4)
-    assert integers.round().unique().numel() == levels + 1 + (levels if signed else 0)
-    assert (quantized - values).abs().max() <= step / 2 + 1e-6
+    assert integers.round().unique().numel() == 2**bits  # every level of the b-bit grid is used
+    inside = values <= (2**bits - 1 - (levels if signed else 0)) * step
+    assert (quantized - values)[inside].abs().max() <= step / 2 + 1e-6
     assert torch.equal(fake_quantize(quantized, clip, bits, signed), quantized)
 
 
 def test_values_outside_the_range_are_clipped() -> None:
     clip = torch.tensor(2.0)
     values = torch.tensor([-5.0, -2.5, 2.5, 9.0])
-    assert fake_quantize(values, clip, 8, signed=True).tolist() == [-2.0, -2.0, 2.0, 2.0]
+    assert fake_quantize(values, clip, 8, signed=True).tolist() == [-2.0, -2.0, 2.0 * 127 / 128,
+                                                                    2.0 * 127 / 128]
     assert fake_quantize(values, clip, 4, signed=False).tolist() == [0.0, 0.0, 2.0, 2.0]
 
 
@@ -46,27 +51,26 @@ def test_straight_through_gradient_inside_zero_outside_and_clip_learns() -> None
     values = torch.tensor([-3.0, -0.4, 0.1234, 0.77, 2.0], requires_grad=True)
     fake_quantize(values, clip, 4, signed=True).sum().backward()
     assert values.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
-    # Outside the range the output is ±clip (gradient ±1); inside, (round(v/s) - v/s)/levels.
-    step = 1.0 / 7
-    inside = sum((round(v / step) - v / step) / 7 for v in (-0.4, 0.1234, 0.77))
+    # Below the range the output is -clip (gradient -1), above it clip·7/8; inside,
+    # (round(v/s) - v/s)/8 with s = clip/8.
+    step = 1.0 / 8
+    inside = sum((round(v / step) - v / step) / 8 for v in (-0.4, 0.1234, 0.77))
     assert clip.grad is not None
-    assert clip.grad.item() == pytest.approx(-1.0 + 1.0 + inside, abs=1e-5)
+    assert clip.grad.item() == pytest.approx(-1.0 + 7 / 8 + inside, abs=1e-5)
 
 
-def test_quant_conv_passes_gradients_to_weights_activations_and_both_clips() -> None:
+def test_training_reaches_weights_and_every_clipping_value(set5_x2: list) -> None:
     torch.manual_seed(0)
-    layer = QuantConv2d(nn.Conv2d(4, 6, 3, padding=1), w_bits=4, a_bits=4)
-    with torch.no_grad():
-        layer.act_unit.fill_(0.5)
-    inputs = torch.randn(2, 4, 8, 8, requires_grad=True)
-    layer(inputs).pow(2).mean().backward()
-    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
-    assert layer.weight_clip.grad is not None and layer.weight_clip.grad.abs().sum() > 0
-    assert layer.act_clip.grad is not None and layer.act_clip.grad.abs() > 0
-    outside = inputs.detach().abs() > 0.5
-    assert inputs.grad is not None
-    assert torch.all(inputs.grad[outside] == 0)
-    assert torch.all(inputs.grad[~outside] != 0)
+    model, _ = quantize_model(EDSR(scale=2, num_feat=8, num_block=2), 4, 4)
+    image = set5_x2[0].lr[:, :24, :24].unsqueeze(0)
+    calibrate(model, [image])
+    model(image).pow(2).mean().backward()
+    for name, module in model.named_modules():
+        if isinstance(module, QuantConv2d):
+            assert module.weight.grad.abs().sum() > 0, name
+            assert module.weight_clip.grad.abs().sum() > 0, name
+        if isinstance(module, ActivationQuantizer):
+            assert module.act_clip.grad is not None and module.act_clip.grad.abs() > 0, name
 
 
 def test_weight_clip_trims_outliers_at_low_bits() -> None:
@@ -86,31 +90,51 @@ def test_bits_outside_two_to_eight_are_refused(bits: object) -> None:
     with pytest.raises(UserInputError, match="--w-bits"):
         check_bits(bits, "--w-bits")  # type: ignore[arg-type]
     with pytest.raises(UserInputError, match="--a-bits"):
-        quantize_modules(EDSR(scale=2, num_feat=8, num_block=1), 8, bits)  # type: ignore[arg-type]
+        quantize_model(EDSR(scale=2, num_feat=8, num_block=1), 8, bits)  # type: ignore[arg-type]
 
 
-def test_body_scope_keeps_head_upsampler_and_output_in_full_precision() -> None:
-    model = EDSR(scale=4, num_feat=8, num_block=2)
-    report = quantize_modules(model, 4, 4)
-    assert report.quantized == ["body.0.conv1", "body.0.conv2", "body.1.conv1", "body.1.conv2",
-                                "conv_after_body"]
-    assert set(report.full_precision) == {"conv_first", "upsample.0", "upsample.2", "conv_last"}
-    assert "head" in report.full_precision["conv_first"]
-    assert all(isinstance(model.get_submodule(name), QuantConv2d) for name in report.quantized)
-    assert type(model.conv_first) is nn.Conv2d
+def _calls(model: fx.GraphModule, target: object) -> list[fx.Node]:
+    return [node for node in model.graph.nodes if node.target == target]
 
 
-def test_rcan_body_scope_includes_channel_attention_and_group_tails() -> None:
+def test_edsr_graph_quantizes_every_tensor_the_runtime_holds_in_integers() -> None:
+    model, report = quantize_model(EDSR(scale=4, num_feat=8, num_block=2, res_scale=0.1), 8, 8)
+    assert isinstance(model, fx.GraphModule) and report.graph
+    assert report.full_precision == {"conv_last": "output layer (last to run)"}
+    assert report.quantized == ["conv_first", "body.0.conv1", "body.0.conv2", "body.1.conv1",
+                                "body.1.conv2", "conv_after_body", "upsample.0", "upsample.2"]
+    # res_scale is folded into conv2 (no Mul left); ReLU outputs carry the quantiser, not conv1.
+    assert report.folded_multipliers == {"body.0.conv2": 0.1, "body.1.conv2": 0.1}
+    assert not _calls(model, operator.mul)[1:]  # only MeanShift's * 255 remains
+    assert {"body_0_relu", "body_0_conv2", "add", "conv_first"} <= set(
+        report.activation_quantizers)
+    assert "body_0_conv1" not in report.activation_quantizers
+    # One quantiser per Add output, read by both the skip path and the next conv.
+    (first_add, *_) = _calls(model, operator.add)
+    (quantizer,) = first_add.users
+    assert {user.target for user in quantizer.users} == {"body.1.conv1", operator.add}
+    assert model.get_submodule("body.1.conv1").input_quantizer is model.get_submodule(
+        str(quantizer.target))
+
+
+def test_rcan_residual_stream_is_integer_and_channel_attention_stays_float() -> None:
     model = RCAN(scale=3, num_feat=8, num_group=2, num_block=1, squeeze_factor=4)
     convs = [name for name, module in model.named_modules() if type(module) is nn.Conv2d]
-    report = quantize_modules(model, 8, 8)
-    assert set(report.full_precision) == {"conv_first", "upsample.0", "conv_last"}
-    assert sorted(report.quantized) == sorted(set(convs) - set(report.full_precision))
+    attention = {name for name in convs if ".attention." in name}
+    quantized, report = quantize_model(model, 8, 8)
+    assert len(attention) == 4 and set(report.full_precision) == attention | {"conv_last"}
+    assert all("channel attention" in report.full_precision[name] for name in attention)
+    assert sorted(report.quantized) == sorted(set(convs) - attention - {"conv_last"})
+    # The gate's Mul runs in float; its output is quantised where the residual Add reads it.
+    multiplies = _calls(quantized, operator.mul)[1:]
+    gates = [node.args[1] for node in multiplies]
+    assert len(gates) == 2 and all(str(gate.target).endswith("attention.4") for gate in gates)
+    assert all(isinstance(quantized.get_submodule(str(next(iter(node.users)).target)),
+                          ActivationQuantizer) for node in multiplies)
 
 
 def test_all_scope_quantizes_every_conv() -> None:
-    model = EDSR(scale=2, num_feat=8, num_block=1)
-    report = quantize_modules(model, 8, 8, scope="all")
+    model, report = quantize_model(EDSR(scale=2, num_feat=8, num_block=1), 8, 8, scope="all")
     assert report.full_precision == {}
     assert not any(type(module) is nn.Conv2d for module in model.modules())
 
@@ -131,39 +155,45 @@ class _AttentionSR(nn.Module):
         return self.upsample(x)
 
 
-@pytest.mark.parametrize("scope", ["body", "all"])
-def test_unsupported_layer_in_scope_is_named(scope: str) -> None:
-    with pytest.raises(UserInputError, match=r"layer 'mlp' \(Linear\) cannot be quantized"):
-        quantize_modules(_AttentionSR(), 8, 8, scope=scope)  # type: ignore[arg-type]
+def test_unsupported_layer_is_left_float_and_named_or_refused_when_strict() -> None:
+    model, report = quantize_model(_AttentionSR(), 8, 8)
+    assert report.skipped == {"mlp": "Linear"}
+    assert report.skipped_sentence() == ("not quantized (unsupported layer type, kept in float): "
+                                         "mlp (Linear)")
+    assert type(model.get_submodule("mlp")) is nn.Linear
+    assert report.quantized == ["conv_first", "body_conv"]
+    with pytest.raises(UserInputError, match=r"layer 'mlp' \(Linear\).*--strict"):
+        quantize_model(_AttentionSR(), 8, 8, strict=True)
 
 
 def test_already_quantized_model_is_refused() -> None:
-    model = EDSR(scale=2, num_feat=8, num_block=1)
-    quantize_modules(model, 8, 8)
+    model, _ = quantize_model(EDSR(scale=2, num_feat=8, num_block=1), 8, 8)
     with pytest.raises(UserInputError, match="already quantized"):
-        quantize_modules(model, 4, 4)
+        quantize_model(model, 4, 4)
 
 
-def test_calibration_sets_ranges_and_the_sign_of_each_input(set5_x2: list) -> None:
+def test_calibration_sets_ranges_and_the_sign_of_each_tensor(set5_x2: list) -> None:
     torch.manual_seed(0)
-    model = EDSR(scale=2, num_feat=8, num_block=2)
-    quantize_modules(model, 8, 8)
+    float_model = EDSR(scale=2, num_feat=8, num_block=2)
+    model, _ = quantize_model(float_model, 8, 8)
     images = [pair.lr[:, :64, :64].unsqueeze(0) for pair in set5_x2[:2]]
     chosen = calibrate(model, images)
-    assert set(chosen) == {"body.0.conv1", "body.0.conv2", "body.1.conv1", "body.1.conv2",
-                           "conv_after_body"}
-    # conv2 reads a ReLU output (never negative): unsigned; conv1 reads the residual stream.
-    assert not bool(model.body[0].conv2.act_signed)
-    assert bool(model.body[0].conv1.act_signed)
+    quantizers = model.get_submodule("activation_quantizers")
+    assert set(chosen) == {f"activation_quantizers.{name}" for name, _ in
+                           quantizers.named_children()}
+    # ReLU outputs are never negative: zero point 0; the residual stream is signed: 128.
+    assert not bool(quantizers.body_0_relu.act_signed)
+    assert bool(quantizers.add.act_signed)
+    assert quantizers.add.quantization_parameters()[1:] == (128, 255)
     with torch.no_grad():
-        features = model.conv_first(model.shift.normalise(images[0]))
-    assert 0 < chosen["body.0.conv1"] <= features.abs().max().item() + 1e-4
+        features = float_model.conv_first(float_model.shift.normalise(images[0]))
+    assert 0 < chosen["activation_quantizers.conv_first"] <= features.abs().max().item() + 1e-4
 
 
-def test_restore_quantization_rebuilds_the_same_layers() -> None:
-    model = EDSR(scale=2, num_feat=8, num_block=1)
-    report = quantize_modules(model, 2, 4)
-    fresh = restore_quantization(EDSR(scale=2, num_feat=8, num_block=1), report.metadata())
+def test_restore_quantization_rebuilds_the_same_graph() -> None:
+    model, report = quantize_model(EDSR(scale=2, num_feat=8, num_block=1, res_scale=0.5), 2, 4)
+    fresh = restore_quantization(EDSR(scale=2, num_feat=8, num_block=1, res_scale=0.5),
+                                 report.metadata())
     fresh.load_state_dict(model.state_dict())
     image = torch.rand(1, 3, 12, 12)
     with torch.no_grad():

@@ -41,16 +41,19 @@ def test_quantize_writes_a_rebuildable_quantized_model(w4a4_run: QuantizeResult)
     assert result.completed and result.quantized == result.output / "quantized.safetensors"
     assert {p.name for p in result.output.iterdir()} >= {
         "quantized.safetensors", "config.toml", "metrics.json", "checkpoints"}
-    assert result.report.quantized == ["body.0.conv1", "body.0.conv2", "body.1.conv1",
-                                       "body.1.conv2", "conv_after_body"]
+    assert result.report.quantized == ["conv_first", "body.0.conv1", "body.0.conv2",
+                                       "body.1.conv1", "body.1.conv2", "conv_after_body",
+                                       "upsample.0"]
 
     loaded = load_model(result.quantized)
     layers = {name: m for name, m in loaded.module.named_modules() if isinstance(m, QuantConv2d)}
     assert sorted(layers) == sorted(result.report.quantized)
     assert all(layer.w_bits == 4 and layer.a_bits == 4 for layer in layers.values())
-    # calibrated, not the placeholder range, and the ReLU input uses the unsigned grid
-    assert all(float(layer.act_unit) != 1.0 for layer in layers.values())
-    assert not bool(layers["body.0.conv2"].act_signed)
+    # calibrated, not the placeholder range, and the ReLU output uses the zero-point-0 grid
+    quantizers = dict(loaded.module.get_submodule("activation_quantizers").named_children())
+    assert set(quantizers) == set(result.report.activation_quantizers)
+    assert all(float(quantizer.act_unit) != 1.0 for quantizer in quantizers.values())
+    assert not bool(quantizers["body_0_relu"].act_signed)
     assert loaded.metadata["quant"]["w_bits"] == 4
     assert loaded.metadata["quant_method"] == "kd"
     assert loaded.metadata["quant_teacher"].endswith("(full precision)")
@@ -95,12 +98,17 @@ def test_cli_quantize_json_and_info(float_model: Path, tmp_path: Path, cli) -> N
     assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["completed"] and report["quantization"]["w_bits"] == 8
-    assert "conv_first" in report["quantization"]["full_precision"]
+    assert "conv_last" in report["quantization"]["full_precision"]
     with safetensors.safe_open(report["quantized"], framework="pt") as handle:
         assert json.loads(handle.metadata()["quant"])["layers"]
     info = cli("info", report["quantized"], "--json", "-")
     assert info.exit_code == 0, info.stderr
-    assert '"w_bits": 8' in info.stdout
+    described = json.loads(info.stdout)
+    assert described["metadata"]["quant"]["w_bits"] == 8
+    # read from onnxruntime's optimised graph: every quantised conv runs as QLinearConv
+    runtime = described["onnxruntime_cpu"]
+    assert runtime["integer_convs"] == len(report["quantization"]["quantized"])
+    assert runtime["float_convs"] == 1 and described["skipped_layers"] == {}
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -123,9 +131,10 @@ def test_cli_already_quantized_and_unsupported_layers_exit_2(w4a4_run: QuantizeR
     swinir = build_model("swinir:embed_dim=12,depths=[1],num_heads=[2],window_size=4,"
                          "img_size=16,mlp_ratio=1,upsampler=pixelshuffle", 2)
     path = save_model(tmp_path / "swinir.safetensors", swinir)
-    out = cli("quantize", path, "--quantize-all", "--output", tmp_path / "swin", "--no-validation")
+    out = cli("quantize", path, "--strict", "--output", tmp_path / "swin", "--no-validation")
     assert out.exit_code == 2
-    assert "(Linear) cannot be quantized" in out.stderr
+    assert "(Linear) cannot be quantized" in out.stderr and "--strict" in out.stderr
+    assert not (tmp_path / "swin").exists()
 
 
 def test_quantized_model_evaluates_like_its_module(w4a4_run: QuantizeResult,
@@ -147,7 +156,9 @@ def test_cli_exports_the_quantized_model_with_qdq_nodes(w4a4_run: QuantizeResult
     assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["precision"] == "int8" and report["verified"]
-    assert report["qdq_nodes"]["QuantizeLinear"] == len(w4a4_run.report.quantized)
+    assert report["qdq_nodes"]["QuantizeLinear"] == len(w4a4_run.report.activation_quantizers)
+    assert report["runtime_ops"]["integer_convs"] == len(w4a4_run.report.quantized)
     metadata = {entry.key: entry.value for entry in onnx.load(str(target)).metadata_props}
     assert metadata["quant_bits"] == "w4a4"
-    assert "int8/uint8 Q/DQ containers" in metadata["quant_storage"]
+    assert "integer Clip" in metadata["quant_storage"]
+    assert "INT4 packed" in metadata["quant_weight_storage"]
