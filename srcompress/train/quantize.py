@@ -1,11 +1,11 @@
 """`quantize()`: quantization-aware training guided by distillation (`srcompress quantize`).
 
-The model becomes its fake-quant integer graph (`srcompress.quant.quantize_model`), its activation
-ranges are calibrated on a few training batches, and the model is then fine-tuned by the distillation
-run (`srcompress.train.run.run_training`, with `QuantizeJob`): the same Trainer, run folder,
-progress, validation and resume as `distill`, with the full-precision model (or `teacher`) as the
-frozen teacher. `method="dukd"` (default) trains on DUKD's upcycled data too, `"kd"` on the pairs
-only, `"none"` with the plain L1 loss.
+The model becomes its fake-quant integer graph (`srcompress.quant.quantize_model`), its
+activation ranges are calibrated on a few training batches, and the model is then fine-tuned by
+the distillation run (`srcompress.train.run.run_training`, with `QuantizeJob`): the same
+Trainer, run folder, progress, validation and resume as `distill`, with the full-precision model
+(or `teacher`) as the frozen teacher. `method="dukd"` (default) trains on DUKD's upcycled data
+too, `"kd"` on the pairs only, `"none"` with the plain L1 loss.
 
 Settings resolve as in `distill` (see `srcompress.train.settings`). The run folder holds
 `quantized.safetensors` (the final, EMA, weights with their quantisation parameters and the
