@@ -73,6 +73,34 @@ def test_meta_gradient_equals_central_finite_differences(make_batch) -> None:
     assert abs(ratio - 1) < 0.05, ratio
 
 
+def test_look_ahead_simulates_the_student_step_that_train_step_takes(make_batch) -> None:
+    """θ' = θ − α∇θ L_S must be the step the student really takes on the same batch when its
+    optimiser is SGD with learning rate α: the meta loss the look-ahead reports (on the kept
+    previous batch) equals ℓ1(S(x_m), y_m) measured after that real step. With meta_lr 0 the
+    meta step leaves the KRNets as they were, so both steps see the same φ."""
+    student, teacher = _tiny_float64_pair()
+    real = make_batch(scale=2, lr_size=8, count=4)
+    meta_batch, batch = _split(Batch(real.lr.double(), real.hr.double(), 2))
+    alpha = 0.05
+    method = create_method("mkd", krnet_width=4, w_kd=0.5, look_ahead_lr=alpha, meta_lr=0.0)
+    method.prepare(student, teacher)
+    sgd = torch.optim.SGD(student.parameters(), lr=alpha)
+
+    def real_step(loss: torch.Tensor, *, clear_grad: bool = True) -> None:
+        loss.backward()
+        sgd.step()
+        sgd.zero_grad(set_to_none=True)
+
+    method.train_step(meta_batch, student, teacher, real_step)  # keeps it as the previous batch
+    with torch.no_grad():
+        before = F.l1_loss(student(meta_batch.lr), meta_batch.hr).item()
+    logged = method.train_step(batch, student, teacher, real_step)
+    with torch.no_grad():
+        after = F.l1_loss(student(meta_batch.lr), meta_batch.hr).item()
+    assert abs(after - before) > 1e-4  # the step moves the meta loss, so equality means something
+    assert logged["meta"] == pytest.approx(after, rel=1e-9, abs=0)
+
+
 def test_kernels_are_zero_mean_per_channel_and_unit_norm(make_pair, make_batch) -> None:
     student, teacher = make_pair()
     method = create_method("mkd")
