@@ -25,7 +25,7 @@ from srcompress.demo import demo_data_folder, demo_teacher_path
 from srcompress.errors import UserInputError
 from srcompress.evaluation import evaluate
 from srcompress.train.distill import distill
-from srcompress.train.progress import RichReporter
+from srcompress.train.progress import training_reporter
 
 
 def validation_sets(scale: int) -> list[str]:
@@ -54,7 +54,7 @@ def main() -> None:
         teacher_path, method=arguments.method, iters=arguments.iters, batch_size=8,
         patch_size=32, lr=2e-3, schedule="cosine", val_benchmarks=benchmarks[:1],
         val_every=200, save_every=200, workers=1, output=arguments.output,
-        reporter=RichReporter(console=console, description=arguments.method))
+        reporter=training_reporter(console=console, description=arguments.method))
 
     student = models.load_model(result.student)
     table = Table(title=f"x{teacher.scale} Y-PSNR / SSIM after {arguments.iters} iterations")

@@ -19,7 +19,7 @@ from pathlib import Path
 from srcompress import models
 from srcompress.demo import demo_data_folder, demo_teacher_path
 from srcompress.train.distill import distill
-from srcompress.train.progress import RichReporter
+from srcompress.train.progress import training_reporter
 
 TEACHER_SPEC = "edsr:num_feat=32,num_block=4"
 
@@ -42,7 +42,7 @@ def main() -> None:
             batch_size=arguments.batch_size, patch_size=arguments.patch_size, lr=arguments.lr,
             schedule="cosine", seed=arguments.seed, workers=arguments.workers, device="cpu",
             output=Path(folder) / "run", save_every=max(arguments.iters, 1),
-            reporter=RichReporter(description="demo teacher"))
+            reporter=training_reporter(description="demo teacher"))
         trained = models.load_model(result.student)
         trained.metadata = {"method": "scratch", "teacher": "none",
                             "iterations": arguments.iters,

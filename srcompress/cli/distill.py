@@ -15,7 +15,7 @@ from srcompress.cli import app, training_flags
 from srcompress.cli.common import JSON_OPTION, console, error_console, human_output
 from srcompress.methods import METHODS
 from srcompress.train.distill import DistillSettings, distill
-from srcompress.train.progress import RichReporter
+from srcompress.train.progress import training_reporter
 
 EXAMPLE = """Examples:
 
@@ -41,8 +41,9 @@ def distill_command(
     and resumable checkpoints into --output. Ctrl-C writes a checkpoint and stops cleanly.
     """
     arguments = training_flags.training_arguments(flags, DistillSettings)
-    reporter = RichReporter(console=error_console if not human_output(json_path) else console,
-                            description=arguments["method"] or "dukd")
+    reporter = training_reporter(
+        console=error_console if not human_output(json_path) else console,
+        description=arguments["method"] or "dukd")
     result = distill(teacher=teacher, **arguments, reporter=reporter)
     training_flags.report_run(result, json_path, ("Student", "student"))
     if not result.completed:

@@ -14,7 +14,7 @@ import typer
 
 from srcompress.cli import app, training_flags
 from srcompress.cli.common import JSON_OPTION, console, error_console, human_output
-from srcompress.train.progress import RichReporter
+from srcompress.train.progress import training_reporter
 from srcompress.train.quantize import QAT_METHODS, QuantizeSettings, quantize
 
 EXAMPLE = """Examples:
@@ -46,8 +46,9 @@ def quantize_command(
     metrics.json, config.toml and resumable checkpoints into --output.
     """
     arguments = training_flags.training_arguments(flags, QuantizeSettings)
-    reporter = RichReporter(console=error_console if not human_output(json_path) else console,
-                            description=f"quantize ({arguments['method'] or 'dukd'})")
+    reporter = training_reporter(
+        console=error_console if not human_output(json_path) else console,
+        description=f"quantize ({arguments['method'] or 'dukd'})")
     result = quantize(model=model, scope="all" if quantize_all else None, **arguments,
                       reporter=reporter)
     report = result.report

@@ -17,6 +17,8 @@ Choices, and why:
   method's own draws (DUKD's tiles and flips), so resuming from a checkpoint is bit-exact on CPU.
 - A loss that is NaN or infinite stops the run before the step, with the last checkpoint kept.
 - AMP (bf16 where supported, else fp16 with a GradScaler) and channels_last are used on CUDA only.
+- `metrics.json` is rewritten at every log and validation, not only with checkpoints, so a job
+  can be watched from outside (every write replaces the file atomically).
 """
 
 from __future__ import annotations
@@ -230,6 +232,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.run is not None:
             self.run.save_checkpoint(self.state())
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        """Replaces metrics.json (atomically) whenever the record grows, so a run can be watched
+        from outside while it trains, not only read when it ends."""
+        if self.run is not None:
             self.run.write_metrics(self.record.as_dict(self.iteration))
 
     # -- the loop ----------------------------------------------------------------------------
@@ -334,6 +342,7 @@ class Trainer:
         entry = {"iteration": done, "lr": lr,
                  **{name: sum(values) / len(values) for name, values in window.items()}}
         self.record.train.append(entry)
+        self._write_metrics()
         if self.tensorboard is not None:
             for name, value in entry.items():
                 if name != "iteration":
@@ -355,6 +364,7 @@ class Trainer:
             self.record.best = entry
             if self.save_weights is not None and self.run is not None:
                 self.save_weights(str(self.run.best), module, {"iteration": done, **entry})
+        self._write_metrics()
         if self.tensorboard is not None:
             for benchmark, result in results.items():
                 for metric, value in result.items():

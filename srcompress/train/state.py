@@ -5,7 +5,7 @@ Layout of `--output`:
     student.safetensors     final weights (EMA weights when EMA is on), rebuildable from the file
                             (`quantize` names them quantized.safetensors)
     best.safetensors        the weights with the best mean validation PSNR so far
-    metrics.json            the validation history and the best entry
+    metrics.json            training log, validations and the best one, kept current as it runs
     config.toml             every setting of the run, enough to repeat it with `--config`
     checkpoints/last.pt     the resumable state (see `save_checkpoint`)
 
