@@ -15,10 +15,11 @@ from srcompress.data.images import write_image
 from srcompress.data.training import PatchBatches, load_training_images
 from srcompress.demo import demo_data_folder
 from srcompress.errors import UserInputError
+from srcompress.evaluation import evaluate
 from srcompress.methods import create_method
 from srcompress.train.distill import distill
 from srcompress.train.distributed import Distributed
-from srcompress.train.loop import Trainer, TrainSettings, learning_rate
+from srcompress.train.loop import Reporter, Trainer, TrainSettings, learning_rate
 
 TINY = {"student": "edsr:num_feat=8,num_block=1", "batch_size": 2, "patch_size": 16,
         "workers": 0, "device": "cpu"}
@@ -34,12 +35,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# 100 iterations at lr 5e-3 bring the tiny student from about 18.5 dB to within 2-4 dB of
+# bicubic on the demo validation photograph (measured for seeds 0-5: 31.1-33.6 dB; seed 5:
+# 32.0 dB, untrained 18.5 dB, bicubic 35.3 dB). The floors sit about 1.5 dB under that.
+LEARNING_RUN = {"iters": 100, "lr": 5e-3, "seed": 5}
+LEARNED_OVER_UNTRAINED_DB = 10.0
+BICUBIC_GAP_DB = 4.5
+
+
 @pytest.fixture(scope="module")
 def finished_run(tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory):
     output = tmp_path_factory.mktemp("run") / "dukd"
     torch.set_num_threads(1)
-    return distill(tiny_teacher, **TINY, iters=12, val_every=6, save_every=5, seed=5,
+    return distill(tiny_teacher, **TINY, **LEARNING_RUN, val_every=50, save_every=40,
                    val_benchmarks=[DEMO_VAL], output=output)
+
+
+def _psnr(model: object, benchmark: str) -> float:
+    return evaluate(model, [benchmark], scale=2, device="cpu")["results"][0]["psnr"]
+
+
+def _untrained_student() -> torch.nn.Module:
+    """The weights `distill` starts from: the same spec built after seeding with the run's seed."""
+    torch.manual_seed(LEARNING_RUN["seed"])
+    return models.build_model(TINY["student"], 2).module
 
 
 def test_run_folder_holds_student_best_metrics_config_and_checkpoint(finished_run) -> None:
@@ -48,9 +67,8 @@ def test_run_folder_holds_student_best_metrics_config_and_checkpoint(finished_ru
     assert {path.name for path in output.iterdir()} == {
         "student.safetensors", "best.safetensors", "metrics.json", "config.toml", "checkpoints"}
     metrics = json.loads((output / "metrics.json").read_text())
-    assert [entry["iteration"] for entry in metrics["validations"]] == [6, 12]
+    assert [entry["iteration"] for entry in metrics["validations"]] == [50, 100]
     assert metrics["best"]["mean_psnr"] == max(v["mean_psnr"] for v in metrics["validations"])
-    assert 5 < metrics["validations"][-1]["results"]["val"]["psnr"] < 60
     assert {"rec", "kd", "zoom_in", "zoom_out_rec", "zoom_out_kd"} <= metrics["train"][-1].keys()
 
     student = models.load_model(output / "student.safetensors")
@@ -59,7 +77,19 @@ def test_run_folder_holds_student_best_metrics_config_and_checkpoint(finished_ru
     with safe_open(output / "student.safetensors", "pt") as handle:
         metadata = handle.metadata()
     assert metadata["method"] == "dukd" and metadata["teacher"] == "teacher_x2.safetensors"
-    assert json.loads(metadata["metrics"])["iteration"] == 12
+    assert json.loads(metadata["metrics"])["iteration"] == 100
+
+
+def test_the_saved_student_learned(finished_run) -> None:
+    """The final student (the EMA weights) beats its own initial weights by a wide margin and
+    comes near bicubic, and the validation in metrics.json measured those saved weights."""
+    trained = _psnr(finished_run.student, DEMO_VAL)
+    untrained = _psnr(_untrained_student(), DEMO_VAL)
+    bicubic = _psnr("bicubic", DEMO_VAL)
+    assert trained > untrained + LEARNED_OVER_UNTRAINED_DB, (trained, untrained)
+    assert trained > bicubic - BICUBIC_GAP_DB, (trained, bicubic)
+    assert finished_run.metrics["validations"][-1]["results"]["val"]["psnr"] == pytest.approx(
+        trained, abs=1e-6)
 
 
 def test_config_toml_repeats_the_run_bit_exactly(finished_run, tmp_path: Path) -> None:
@@ -91,6 +121,33 @@ def test_teacher_is_frozen_in_eval_mode_and_outside_the_optimiser(tiny_teacher: 
     assert all(not p.requires_grad for p in trainer.ema.module.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(trainer.ema.module.parameters(),
                                                       student.parameters(), strict=True))
+
+
+class MetricsWatcher(Reporter):
+    """Reads metrics.json from the run folder at every iteration, as a person watching would."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "metrics.json"
+        self.seen: dict[int, tuple[int, list[int], list[int]] | None] = {}
+
+    def advance(self, iteration: int, terms: dict[str, float], lr: float) -> None:
+        metrics = json.loads(self.path.read_text()) if self.path.exists() else None
+        self.seen[iteration] = None if metrics is None else (
+            metrics["iteration"], [entry["iteration"] for entry in metrics["train"]],
+            [entry["iteration"] for entry in metrics["validations"]])
+
+
+def test_metrics_json_follows_the_run_at_every_log_and_validation(tiny_teacher: Path,
+                                                                  tmp_path: Path) -> None:
+    output = tmp_path / "run"
+    watcher = MetricsWatcher(output)
+    distill(tiny_teacher, **TINY, method="kd", iters=6, log_every=2, val_every=3, save_every=100,
+            val_benchmarks=[DEMO_VAL], output=output, reporter=watcher)
+    # The loop reports iteration i before it logs or validates i, so at i it shows i - 1.
+    assert watcher.seen == {1: None, 2: None, 3: (2, [2], []), 4: (3, [2], [3]),
+                            5: (4, [2, 4], [3]), 6: (4, [2, 4], [3])}
+    final = json.loads((output / "metrics.json").read_text())
+    assert final["iteration"] == 6 and [e["iteration"] for e in final["train"]] == [2, 4, 6]
 
 
 def test_schedules_follow_the_iteration() -> None:
@@ -152,7 +209,10 @@ def test_evaluate_takes_the_student_with_no_other_flag(finished_run, shared_data
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["scale"] == 2 and report["results"][0]["images"] == 5
-    assert 5 < report["results"][0]["psnr"] < 40
+    # Set5 is harder for this student than the demo photograph: measured 27.4 dB, untrained
+    # 12.0 dB, bicubic 33.7 dB.
+    set5 = str(shared_data / "benchmarks" / "Set5")
+    assert _psnr(_untrained_student(), set5) + 12 < report["results"][0]["psnr"] < 40
 
 
 
