@@ -19,6 +19,16 @@ TINY_RUN = ["--student", TINY_STUDENT, "--batch-size", "2", "--patch-size", "16"
             "0", "--device", "cpu", "--no-validation"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine's two cores are shared by everyone; one thread per training test avoids
+    oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An EDSR x2 with 16 features and 2 blocks, randomly initialised with a fixed seed."""

@@ -26,15 +26,6 @@ TINY = {"student": "edsr:num_feat=8,num_block=1", "batch_size": 2, "patch_size":
 DEMO_VAL = str(demo_data_folder().parent / "val")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine's two cores are shared by everyone; one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # 100 iterations at lr 5e-3 bring the tiny student from about 18.5 dB to within 2-4 dB of
 # bicubic on the demo validation photograph (measured for seeds 0-5: 31.1-33.6 dB; seed 5:
 # 32.0 dB, untrained 18.5 dB, bicubic 35.3 dB). The floors sit about 1.5 dB under that.
@@ -117,10 +108,8 @@ def test_teacher_is_frozen_in_eval_mode_and_outside_the_optimiser(tiny_teacher: 
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(a, b) for a, b in zip(student_before, student.parameters(),
                                                       strict=True))
-    # The EMA copy is frozen and lags the student.
+    # The EMA copy is frozen (its values are checked step by step in test_loop.py).
     assert all(not p.requires_grad for p in trainer.ema.module.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(trainer.ema.module.parameters(),
-                                                      student.parameters(), strict=True))
 
 
 class MetricsWatcher(Reporter):

@@ -19,15 +19,6 @@ from srcompress.train.loop import Reporter, Trainer, TrainSettings
 TINY_STUDENT = "edsr:num_feat=8,num_block=1"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine's two cores are shared by everyone; one thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _trainer(method: str, settings: TrainSettings, teacher: Path | None = None,
              **options: object) -> Trainer:
     """A tiny student on the demo photographs; the same seed gives the same start every time."""
