@@ -6,6 +6,11 @@ ground truth, rounded to uint8 exactly as a saved LR file would be (so both rout
 the same kind of input); the SR output is clamped and rounded to uint8; PSNR and SSIM are taken
 with `crop_border` pixels removed, on BT.601 luma or RGB. The returned dict is the `--json`
 schema of `srcompress evaluate`.
+
+Without ground truth (real photos, `no_reference`), the model is judged by NIQE of its outputs
+(whole image, no border crop, as MATLAB's `niqe`), and by how close it stays to a reference model
+(`reference_model`, e.g. its teacher): PSNR/SSIM of its outputs against the reference's, with
+the same crop and channel as above. Measures not taken are None in the results.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +32,15 @@ from srcompress.data.images import read_image, write_image
 from srcompress.data.resize import imresize
 from srcompress.errors import UserInputError
 from srcompress.inference import Runner, make_runner
+from srcompress.metrics.niqe import BLOCK_SIZE as NIQE_BLOCK
+from srcompress.metrics.niqe import fits_niqe, niqe
 
 ProgressCallback = Callable[[str, int, int], None]
 
 _SSIM_WINDOW = 11
 _COMPARISON_CROP = 160
 _SEPARATOR = 4
+_MEASURES = ("psnr", "ssim", "niqe", "psnr_to_reference", "ssim_to_reference")
 
 
 def quantise(image: Tensor) -> Tensor:
@@ -59,49 +68,103 @@ def _load_pair(pair: ImagePair, scale: int, crop_border: int) -> tuple[Tensor, T
     return hr, lr
 
 
-def _comparison(lr: Tensor, sr: Tensor, hr: Tensor, scale: int) -> Tensor:
-    """bicubic | model | ground truth, cropped where bicubic upscaling errs the most."""
+def _load_input(pair: ImagePair, benchmark: Benchmark, scale: int) -> Tensor:
+    """The LR input alone (no ground truth needed): the set's LR file, the image itself for a
+    bare folder (an LR-only folder), else the bicubic LR of the HR image as usual."""
+    if pair.lr_path is not None:
+        return read_image(pair.lr_path)
+    if benchmark.layout == "folder":
+        return read_image(pair.hr_path)
+    return _load_pair(pair, scale, 0)[1]
+
+
+def _comparison(lr: Tensor, sr: Tensor, hr: Tensor | None, scale: int) -> Tensor:
+    """bicubic | model | ground truth, cropped where bicubic upscaling errs the most; without
+    ground truth, bicubic | model where the model changes bicubic's picture the most."""
     bicubic = quantise(imresize(lr, scale=scale))
     sr = quantise(sr)
-    size = min(_COMPARISON_CROP, hr.shape[1], hr.shape[2])
-    error = (bicubic - hr).abs().mean(dim=0, keepdim=True)[None]
+    panels = [bicubic, sr] if hr is None else [bicubic, sr, hr]
+    size = min(_COMPARISON_CROP, sr.shape[1], sr.shape[2])
+    error = (bicubic - panels[-1]).abs().mean(dim=0, keepdim=True)[None]
     stride = max(size // 4, 1)
     pooled = F.avg_pool2d(error, size, stride=stride)[0, 0]
     row, column = divmod(int(pooled.argmax()), pooled.shape[1])
     top, left = row * stride, column * stride
-    crops = [image[:, top:top + size, left:left + size] for image in (bicubic, sr, hr)]
     separator = torch.ones(3, size, _SEPARATOR)
-    return torch.cat([crops[0], separator, crops[1], separator, crops[2]], dim=2)
+    crops: list[Tensor] = []
+    for image in panels:
+        crops += [image[:, top:top + size, left:left + size], separator]
+    return torch.cat(crops[:-1], dim=2)
 
 
-def _evaluate_benchmark(runner: Runner, benchmark: Benchmark, crop_border: int, y_channel: bool,
+@dataclass(frozen=True)
+class _Protocol:
+    """How one evaluation measures: what it compares with, and what it computes."""
+
+    crop_border: int
+    y_channel: bool
+    ground_truth: bool
+    niqe: bool
+    reference: Runner | None
+
+
+def _pair_metrics(sr: Tensor, target: Tensor, protocol: _Protocol) -> tuple[float, float]:
+    sr_pixels, target_pixels = metrics.to_uint8(sr), metrics.to_uint8(target)
+    return (metrics.psnr(sr_pixels, target_pixels, protocol.crop_border, protocol.y_channel),
+            metrics.ssim(sr_pixels, target_pixels, protocol.crop_border, protocol.y_channel))
+
+
+def _measure(runner: Runner, pair: ImagePair, benchmark: Benchmark, protocol: _Protocol,
+             save_folder: Path | None) -> dict[str, Any]:
+    """One image's row: PSNR/SSIM to the ground truth and to the reference model, NIQE."""
+    scale = runner.scale
+    hr = None
+    if protocol.ground_truth:
+        hr, lr = _load_pair(pair, scale, protocol.crop_border)
+    else:
+        lr = _load_input(pair, benchmark, scale)
+    sr = runner(lr[None])[0].float().cpu()
+    row: dict[str, Any] = {"name": pair.name, "psnr": None, "ssim": None, "niqe": None,
+                           "psnr_to_reference": None, "ssim_to_reference": None}
+    if hr is not None:
+        row["psnr"], row["ssim"] = _pair_metrics(sr, hr, protocol)
+    if protocol.reference is not None:
+        reference = protocol.reference(lr[None])[0].float().cpu()
+        row["psnr_to_reference"], row["ssim_to_reference"] = _pair_metrics(sr, reference,
+                                                                           protocol)
+    if protocol.niqe and fits_niqe(sr.shape[1], sr.shape[2]):
+        row["niqe"] = niqe(metrics.to_uint8(sr))
+    if save_folder is not None:
+        folder = save_folder / benchmark.name
+        write_image(folder / f"{pair.name}_x{scale}.png", sr)
+        write_image(folder / f"{pair.name}_x{scale}_compare.png", _comparison(lr, sr, hr, scale))
+    return row
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows if row[key] is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _evaluate_benchmark(runner: Runner, benchmark: Benchmark, protocol: _Protocol,
                         save_folder: Path | None, progress: ProgressCallback | None
                         ) -> dict[str, Any]:
-    scale = runner.scale
     started = time.perf_counter()
     per_image = []
     for index, pair in enumerate(benchmark.pairs):
-        hr, lr = _load_pair(pair, scale, crop_border)
-        sr = runner(lr[None])[0].float().cpu()
-        sr_pixels, hr_pixels = metrics.to_uint8(sr), metrics.to_uint8(hr)
-        per_image.append({
-            "name": pair.name,
-            "psnr": metrics.psnr(sr_pixels, hr_pixels, crop_border, y_channel),
-            "ssim": metrics.ssim(sr_pixels, hr_pixels, crop_border, y_channel),
-        })
-        if save_folder is not None:
-            folder = save_folder / benchmark.name
-            write_image(folder / f"{pair.name}_x{scale}.png", sr)
-            write_image(folder / f"{pair.name}_x{scale}_compare.png",
-                        _comparison(lr, sr, hr, scale))
+        per_image.append(_measure(runner, pair, benchmark, protocol, save_folder))
         if progress:
             progress(benchmark.name, index + 1, len(benchmark.pairs))
-    count = len(per_image)
+    too_small = [row["name"] for row in per_image if protocol.niqe and row["niqe"] is None]
+    if protocol.niqe and len(too_small) == len(per_image):
+        raise UserInputError(
+            f"No SR output of {benchmark.name} is at least {NIQE_BLOCK}x{NIQE_BLOCK} pixels, "
+            "the size of one NIQE block: use larger images.")
     return {
         "benchmark": benchmark.name,
-        "images": count,
-        "psnr": sum(row["psnr"] for row in per_image) / count,
-        "ssim": sum(row["ssim"] for row in per_image) / count,
+        "images": len(per_image),
+        **{key: _mean(per_image, key) for key in _MEASURES},
+        "niqe_skipped": too_small,
         "seconds": time.perf_counter() - started,
         "per_image": per_image,
     }
@@ -119,8 +182,16 @@ def evaluate(model: object, benchmarks: Sequence[str | os.PathLike[str]] | str,
              tile_pad: int = 10, self_ensemble: bool = False, device: str = "auto",
              fp16: bool = False, arch: str | None = None,
              save_images: str | os.PathLike[str] | None = None,
+             no_reference: bool = False, reference_model: object | None = None,
+             with_niqe: bool = False,
              progress: ProgressCallback | None = None) -> dict[str, Any]:
     """PSNR/SSIM of `model` (any MODEL kind, a module, or a runner) on each benchmark.
+
+    `no_reference` scores without ground truth: NIQE of the outputs, on the benchmark's LR
+    inputs (its LR files, or the images of a bare folder, which are then the LR inputs);
+    `with_niqe` adds NIQE next to PSNR/SSIM. `reference_model` (e.g. the teacher) is run on the
+    same inputs and the model's PSNR/SSIM against its outputs is reported too. SR outputs smaller
+    than one NIQE block are left out of the NIQE mean and listed in `niqe_skipped`.
 
     Every benchmark is located before any image is processed, so a missing one fails at once.
     `progress(benchmark, done, total)` is called after each image.
@@ -135,14 +206,31 @@ def evaluate(model: object, benchmarks: Sequence[str | os.PathLike[str]] | str,
     if not names:
         raise UserInputError("No benchmark to evaluate on: pass --benchmark NAME or a folder.")
     located = [find_benchmark(name, data_root, scale) for name in names]
+    reference = None
+    if reference_model is not None:
+        # A model file knows its scale (checked below, with a message about the reference);
+        # `bicubic` and plain modules are told the model's.
+        is_file = (isinstance(reference_model, str | os.PathLike)
+                   and os.fspath(reference_model).lower() != "bicubic")
+        reference = make_runner(reference_model, scale=None if is_file else scale, device=device,
+                                fp16=fp16, tile=tile, tile_pad=tile_pad,
+                                self_ensemble=self_ensemble)
+        if reference.scale != scale:
+            raise UserInputError(
+                f"The reference model {reference.name} upscales x{reference.scale} but the model "
+                f"upscales x{scale}: --reference-model needs a model of the same scale.")
+    protocol = _Protocol(crop_border, y_channel, ground_truth=not no_reference,
+                         niqe=no_reference or with_niqe, reference=reference)
     save_folder = Path(save_images) if save_images is not None else None
-    results = [_evaluate_benchmark(runner, benchmark, crop_border, y_channel, save_folder,
-                                   progress) for benchmark in located]
+    results = [_evaluate_benchmark(runner, benchmark, protocol, save_folder, progress)
+               for benchmark in located]
     return {
         "model": _model_label(model, runner),
         "scale": scale,
         "y_channel": y_channel,
         "crop_border": crop_border,
+        "no_reference": no_reference,
+        "reference_model": (None if reference is None
+                            else _model_label(reference_model, reference)),
         "results": results,
     }
-

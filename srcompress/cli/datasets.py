@@ -1,4 +1,4 @@
-"""`srcompress datasets fetch NAME` and `srcompress datasets list`."""
+"""`srcompress datasets fetch NAME`, `datasets list` and `datasets degrade NAME`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ from rich.table import Table
 from srcompress.cli import app
 from srcompress.cli.common import JSON_OPTION, console, emit_json, error_console, human_output
 from srcompress.data.benchmarks import default_data_root, fetch, installed_benchmarks
+from srcompress.data.degradation import resolve_degradation
+from srcompress.data.synthetic import degrade_benchmark
 
 datasets_app = typer.Typer(
-    help="Download benchmark sets (checksum-verified) and show what is installed.",
+    help="Download benchmark sets (checksum-verified), show what is installed, and make "
+    "synthetic real-world sets.",
     no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 
@@ -89,3 +92,43 @@ def list_command(data_root: Path | None = DATA_ROOT_OPTION,
          "layout": row.layout, "images": row.images, "lr_scales": list(row.lr_scales),
          "description": row.entry.description, "url": row.entry.url} for row in rows]},
         json_path)
+
+
+@datasets_app.command("degrade", epilog="Examples:\n\n  srcompress datasets degrade Set14 "
+                      "--degradation realesrgan --seed 0\n\n  srcompress datasets degrade "
+                      "photos_hr/ --degradation mild.toml --scale 2 --output photos_x2/")
+def degrade_command(
+    name: str = typer.Argument(..., metavar="NAME",
+                               help="A benchmark name or a folder of HR images."),
+    degradation: str = typer.Option(
+        "realesrgan", "--degradation",
+        help="bicubic, realesrgan (Real-ESRGAN x4plus settings) or a TOML file of "
+        "Real-ESRGAN settings."),
+    scale: int = typer.Option(4, "--scale", help="Downscaling factor of the LR images."),
+    seed: int = typer.Option(0, "--seed", min=0, help="The same seed makes the same set."),
+    data_root: Path | None = DATA_ROOT_OPTION,
+    output: Path | None = typer.Option(
+        None, "--output", metavar="DIR",
+        help="Where to write the set (default: DATA_ROOT/NAME-DEGRADATION-xS-seedN)."),
+    json_path: str | None = JSON_OPTION,
+) -> None:
+    """Make a fixed-seed degraded copy of a benchmark: PSNR/SSIM for real-world models.
+
+    Writes HR/ and LR_<degradation>/X<s>/ (the layout evaluate reads) and degradation.json.
+    """
+    chosen = resolve_degradation(degradation)
+    label = Path(degradation).stem if degradation.lower().endswith(".toml") else chosen.name
+    shown = console if human_output(json_path) else error_console
+    with Progress(TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeRemainingColumn(), console=shown, transient=True) as bar:
+        task = bar.add_task(name, total=None)
+        made = degrade_benchmark(name, chosen, scale, seed, data_root=data_root, output=output,
+                                 label=label, progress=lambda done, total: bar.update(
+                                     task, completed=done, total=total))
+    if human_output(json_path):
+        console.print(f"Wrote {made.images} {chosen.name} x{scale} pairs (seed {seed}) to "
+                      f"[bold]{made.folder}[/]; evaluate with --benchmark {made.folder}, or "
+                      f"--benchmark {made.lr_folder} --no-reference for its LR images alone.")
+    emit_json({"folder": str(made.folder), "lr_folder": str(made.lr_folder),
+               "images": made.images, "scale": scale, "seed": seed,
+               "degradation": chosen.settings()}, json_path)

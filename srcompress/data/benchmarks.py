@@ -4,7 +4,9 @@ A benchmark is found by name under a data root (`--data-root`, `$SRCOMPRESS_DATA
 `~/.cache/srcompress/datasets`) or given as a folder path. Three layouts are recognised, because
 users already have their sets in one of them:
 
-- `NAME/HR/<stem>.png` + `NAME/LR_bicubic/X<s>/<stem>x<s>.png` (EDSR's benchmark archive);
+- `NAME/HR/<stem>.png` + `NAME/LR_bicubic/X<s>/<stem>x<s>.png` (EDSR's benchmark archive); the LR
+  folder may carry another degradation's name (`LR_realesrgan/X4`, as `srcompress datasets
+  degrade` writes, or DIV2K's `LR_unknown`) when it is the only `LR_*/X<s>` folder;
 - `NAME/GTmod12/<file>` + `NAME/LRbicx<s>/<file>` (BasicSR's datasets);
 - a bare folder of HR images, whose LR inputs are then made by our MATLAB-style bicubic.
 
@@ -134,11 +136,29 @@ def _hr_folder(folder: Path, layout: str) -> Path:
 def _lr_candidates(layout: str, folder: Path, hr_path: Path, scale: int) -> tuple[Path, list[Path]]:
     """The LR folder of `layout` and the file names an LR image of `hr_path` may have there."""
     if layout == "HR+LR_bicubic":
-        lr_folder = folder / "LR_bicubic" / f"X{scale}"
+        lr_folder = lr_folder_of(folder, scale)
         stem = f"{hr_path.stem}x{scale}"
         return lr_folder, [lr_folder / f"{stem}{suffix}" for suffix in (".png", hr_path.suffix)]
     lr_folder = folder / f"LRbicx{scale}"
     return lr_folder, [lr_folder / hr_path.name]
+
+
+def lr_folder_of(folder: Path, scale: int) -> Path:
+    """`LR_bicubic/X<s>` of an `HR/` set, else its only `LR_<degradation>/X<s>` folder.
+
+    Several non-bicubic LR folders at one scale are ambiguous: the user passes the one they mean
+    as its own benchmark folder.
+    """
+    bicubic = folder / "LR_bicubic" / f"X{scale}"
+    others = sorted(path for path in folder.glob(f"LR_*/X{scale}") if path.is_dir())
+    if bicubic.is_dir() or not others:
+        return bicubic
+    if len(others) > 1:
+        names = ", ".join(str(path.relative_to(folder)) for path in others)
+        raise UserInputError(
+            f"{folder} has several x{scale} LR folders ({names}) and no LR_bicubic: keep one, or "
+            "make a benchmark folder per degradation.")
+    return others[0]
 
 
 def read_benchmark_folder(folder: Path, scale: int, name: str | None = None) -> Benchmark:
@@ -207,12 +227,12 @@ class InstalledBenchmark:
 
 def _lr_scales(folder: Path, layout: str) -> tuple[int, ...]:
     if layout == "HR+LR_bicubic":
-        names = [path.name[1:] for path in (folder / "LR_bicubic").glob("X*") if path.is_dir()]
+        names = [path.name[1:] for path in folder.glob("LR_*/X*") if path.is_dir()]
     elif layout == "GTmod12+LRbicx":
         names = [path.name[6:] for path in folder.glob("LRbicx*") if path.is_dir()]
     else:
         return ()
-    return tuple(sorted(int(name) for name in names if name.isdigit()))
+    return tuple(sorted({int(name) for name in names if name.isdigit()}))
 
 
 def installed_benchmarks(data_root: str | os.PathLike[str] | None) -> list[InstalledBenchmark]:

@@ -141,3 +141,61 @@ def test_datasets_list_and_unverified_fetch_refusal(cli, shared_data: Path,
     result = cli("datasets", "fetch", "Set5", "--data-root", tmp_path)
     assert result.exit_code == 2 and "--sha256" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_datasets_degrade_makes_a_reproducible_paired_set(cli, shared_data: Path,
+                                                          tmp_path: Path) -> None:
+    made = cli("datasets", "degrade", shared_data / "benchmarks" / "Set5", "--degradation",
+               "realesrgan", "--seed", "3", "--output", tmp_path / "a", "--json", "-")
+    assert made.exit_code == 0, made.stderr
+    report = json.loads(made.stdout)
+    assert report["images"] == 5 and report["degradation"]["name"] == "realesrgan"
+    lr_folder = tmp_path / "a" / "LR_realesrgan" / "X4"
+    assert Path(report["lr_folder"]) == lr_folder
+    assert read_image(lr_folder / "birdx4.png").shape == (3, 72, 72)
+    assert json.loads((tmp_path / "a" / "degradation.json").read_text())["seed"] == 3
+    again = cli("datasets", "degrade", shared_data / "benchmarks" / "Set5", "--seed", "3",
+                "--output", tmp_path / "b")
+    other = cli("datasets", "degrade", shared_data / "benchmarks" / "Set5", "--seed", "4",
+                "--output", tmp_path / "c")
+    assert again.exit_code == 0 and other.exit_code == 0
+    same = (tmp_path / "b" / "LR_realesrgan" / "X4" / "birdx4.png").read_bytes()
+    assert same == (lr_folder / "birdx4.png").read_bytes()
+    assert same != (tmp_path / "c" / "LR_realesrgan" / "X4" / "birdx4.png").read_bytes()
+    paired = evaluate_json(cli, "bicubic", "--benchmark", tmp_path / "a", "--scale", "4")
+    lr_only = evaluate_json(cli, "bicubic", "--benchmark", lr_folder, "--scale", "4",
+                            "--no-reference")
+    (with_gt,), (without,) = paired["results"], lr_only["results"]
+    assert 15 < with_gt["psnr"] < 27 and without["psnr"] is None and without["niqe"] > 0
+    refused = cli("datasets", "degrade", shared_data / "benchmarks" / "Set5", "--seed", "3",
+                  "--output", tmp_path / "a")
+    assert refused.exit_code == 2 and "already exists" in refused.stderr
+
+
+def test_datasets_degrade_refuses_a_bad_degradation_file(cli, shared_data: Path,
+                                                         tmp_path: Path) -> None:
+    settings = tmp_path / "bad.toml"
+    settings.write_text("jpeg_range = [10, 120]\n")
+    result = cli("datasets", "degrade", "Set5", "--data-root", shared_data / "benchmarks",
+                 "--degradation", settings, "--output", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "jpeg_range" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_no_reference_json_and_small_image_warning(cli, shared_data: Path,
+                                                            tmp_path: Path) -> None:
+    lr_folder = shared_data / "benchmarks" / "Set5" / "LR_bicubic" / "X4"
+    for path in lr_folder.glob("*.png"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    Image.new("RGB", (16, 16)).save(tmp_path / "thumb.png")
+    result = cli("evaluate", "bicubic", "--benchmark", tmp_path, "--scale", "4",
+                 "--no-reference", "--reference-model", "bicubic", "--json", "-")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["no_reference"] and report["reference_model"] == "bicubic"
+    (benchmark,) = report["results"]
+    assert benchmark["niqe_skipped"] == ["thumb"] and benchmark["psnr"] is None
+    assert "NIQE left out 1 image(s)" in result.stderr and "thumb" in result.stderr
+    table = cli("evaluate", "bicubic", "--benchmark", tmp_path, "--scale", "4", "--no-reference")
+    assert "NIQE" in table.stdout and "PSNR" not in table.stdout

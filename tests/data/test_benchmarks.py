@@ -208,3 +208,20 @@ def test_default_data_root_follows_the_environment(monkeypatch, tmp_path: Path) 
     assert default_data_root() == tmp_path
     monkeypatch.delenv("SRCOMPRESS_DATA")
     assert default_data_root() == Path.home() / ".cache" / "srcompress" / "datasets"
+
+
+def test_lr_folders_of_other_degradations(tmp_path: Path) -> None:
+    """`LR_realesrgan/X4` (datasets degrade) is read when it is the only LR folder of its scale;
+    LR_bicubic wins when both are there; two others are ambiguous."""
+    save_png(tmp_path / "rw" / "HR" / "a.png", 1, 8)
+    save_png(tmp_path / "rw" / "LR_realesrgan" / "X2" / "ax2.png", 2, 4)
+    benchmark = find_benchmark(str(tmp_path / "rw"), tmp_path, 2)
+    assert benchmark.pairs[0].lr_path == tmp_path / "rw" / "LR_realesrgan" / "X2" / "ax2.png"
+    save_png(tmp_path / "rw" / "LR_bicubic" / "X2" / "ax2.png", 3, 4)
+    benchmark = find_benchmark(str(tmp_path / "rw"), tmp_path, 2)
+    assert benchmark.pairs[0].lr_path == tmp_path / "rw" / "LR_bicubic" / "X2" / "ax2.png"
+    save_png(tmp_path / "two" / "HR" / "a.png", 1, 8)
+    save_png(tmp_path / "two" / "LR_mild" / "X2" / "ax2.png", 2, 4)
+    save_png(tmp_path / "two" / "LR_unknown" / "X2" / "ax2.png", 2, 4)
+    with pytest.raises(UserInputError, match="several x2 LR folders"):
+        find_benchmark(str(tmp_path / "two"), tmp_path, 2)

@@ -26,6 +26,7 @@ on nothing else, so a resumed run sees exactly the inputs the uninterrupted one 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,12 +55,13 @@ RESIZE_KINDS = ("up", "down", "keep")
 class DegradationRandom:
     """The generators of one degradation call: parameters on the CPU, noise on `device`.
 
-    Both come from `seed` through NumPy's `SeedSequence`, so nearby seeds (consecutive
-    iterations) give unrelated streams.
+    Both come from `seed` (a number, or several such as (run seed, iteration, rank)) through
+    NumPy's `SeedSequence`, so nearby seeds (consecutive iterations) give unrelated streams.
     """
 
-    def __init__(self, seed: int, device: torch.device | str = "cpu") -> None:
-        parameter_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2, np.uint32)
+    def __init__(self, seed: int | Sequence[int], device: torch.device | str = "cpu") -> None:
+        entropy = [seed] if isinstance(seed, int) else list(seed)
+        parameter_seed, noise_seed = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
         self.parameters = torch.Generator().manual_seed(int(parameter_seed))
         self.noise = torch.Generator(device=device).manual_seed(int(noise_seed))
 
