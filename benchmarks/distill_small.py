@@ -154,6 +154,25 @@ def paired_differences(arguments: argparse.Namespace, runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_comparison_arguments(parser: argparse.ArgumentParser, iters: int,
+                             batch_size: int) -> None:
+    """The flags of a method comparison: methods, seeds, the equal training budget, the data."""
+    parser.add_argument("--methods", default="scratch,kd,dukd",
+                        type=lambda text: [m.strip() for m in text.split(",") if m.strip()])
+    parser.add_argument("--seeds", default="0,1,2",
+                        type=lambda text: [int(s) for s in text.split(",") if s.strip()])
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--patch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--schedule", default="cosine")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--train-data", type=Path, action="append",
+                        default=None, help="default: ../shared/data/train/SunHays80")
+    parser.add_argument("--data-root", type=Path, default=SHARED_DATA / "benchmarks")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", type=Path, default=demo_teacher_path(2))
@@ -164,20 +183,7 @@ def main() -> None:
                         help="iterations for --train-teacher (default: 4 x --iters)")
     parser.add_argument("--scale", type=int, default=2, help="scale of --train-teacher")
     parser.add_argument("--student", default=None, help="default: about 1/10 of the teacher")
-    parser.add_argument("--methods", default="scratch,kd,dukd",
-                        type=lambda text: [m.strip() for m in text.split(",") if m.strip()])
-    parser.add_argument("--seeds", default="0,1,2",
-                        type=lambda text: [int(s) for s in text.split(",") if s.strip()])
-    parser.add_argument("--iters", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--patch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--schedule", default="cosine")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--train-data", type=Path, action="append",
-                        default=None, help="default: ../shared/data/train/SunHays80")
-    parser.add_argument("--data-root", type=Path, default=SHARED_DATA / "benchmarks")
+    add_comparison_arguments(parser, iters=2000, batch_size=16)
     parser.add_argument("--output", type=Path, default=Path("runs/distill_small"))
     parser.add_argument("--results", type=Path, default=Path("docs/results.md"))
     arguments = parser.parse_args()

@@ -12,9 +12,16 @@ from rich.table import Table
 from srcompress.cli import app
 from srcompress.cli.common import JSON_OPTION, console, emit_json, human_output
 from srcompress.export import export_onnx, runtime_summary
-from srcompress.models import ARCHITECTURES, PRESETS, LoadedModel, count_macs, load_model
+from srcompress.models import (
+    ARCHITECTURES,
+    PRESETS,
+    LoadedModel,
+    count_macs,
+    load_model,
+    model_task,
+)
 
-_SHOWN_ABOVE = {"architecture", "settings", "scale", "srcompress_format"}
+_SHOWN_ABOVE = {"architecture", "settings", "scale", "srcompress_format", "degradation"}
 
 
 @app.command(epilog="Example: srcompress info runs/edsr-dukd/student.safetensors --json -")
@@ -24,16 +31,21 @@ def info(
                                     help="Architecture SPEC overriding detection."),
     json_path: str | None = JSON_OPTION,
 ) -> None:
-    """Show a checkpoint's architecture, settings, scale, parameters, MACs and metadata.
+    """Show a checkpoint's architecture, settings, scale, task, parameters, MACs and metadata.
 
+    The task is the degradation the model was trained for: recorded by srcompress, or guessed
+    from real-world architectures (Compact, RRDBNet, real-world SwinIR).
     For a quantized checkpoint, also how many convs and matmuls ONNX Runtime runs in integers:
     the model is exported to a temporary file and read back from the runtime's optimised graph.
     """
     loaded = load_model(model, arch=arch)
     macs = count_macs(loaded.module)
+    task = model_task(loaded)
     report: dict[str, Any] = {
         "model": str(model), "architecture": loaded.arch, "settings": loaded.settings,
         "scale": loaded.scale, "parameters": loaded.parameters, "macs_256x256": macs,
+        "task": {"degradation": task.degradation, "real_world": task.real_world,
+                 "description": task.describe()},
         "metadata": loaded.metadata,
     }
     quant = loaded.metadata.get("quant")
@@ -44,6 +56,7 @@ def info(
         table = Table(title=str(model), show_header=False)
         table.add_row("architecture", loaded.arch)
         table.add_row("scale", f"x{loaded.scale}")
+        table.add_row("task", task.describe())
         table.add_row("parameters", f"{loaded.parameters:,} ({loaded.parameters / 1e6:.2f} M)")
         table.add_row("MACs (256x256 input)", f"{macs / 1e9:,.1f} G")
         table.add_row("settings", ", ".join(f"{k}={v}" for k, v in loaded.settings.items()))

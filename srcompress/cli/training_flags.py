@@ -79,9 +79,10 @@ def training_parameters(settings: type[TrainingSettings]) -> list[inspect.Parame
 
 def _flag_type(kind: Any) -> Any:
     """The Typer type of a settings key's flag: a list of numbers is typed as 0.4,0.8 (see
-    `number_list`), any other list by repeating the flag."""
+    `number_list`), any other list by repeating the flag; of a union, the first type (a
+    `str | dict` key takes a string on the command line, a table in a TOML file)."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        (kind,) = [argument for argument in typing.get_args(kind) if argument is not type(None)]
+        kind = next(argument for argument in typing.get_args(kind) if argument is not type(None))
     if typing.get_origin(kind) is list:
         (item,) = typing.get_args(kind)
         return str if item is float else list[item]

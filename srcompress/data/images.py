@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import png
 import torch
+from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from srcompress.errors import UserInputError
 from srcompress.files import atomic_path
-from srcompress.metrics import to_uint8
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -104,6 +104,17 @@ def read_image(path: str | os.PathLike[str]) -> Tensor:
     if data.startswith(_PNG_SIGNATURE) and data[_PNG_BIT_DEPTH_OFFSET:][:1] == b"\x10":
         return _read_png16(path, data)
     return _read_with_pillow(path, data)
+
+
+def to_uint8(image: Tensor) -> NDArray[np.uint8]:
+    """A `3×H×W` (or `1×3×H×W`) [0, 1] tensor as the uint8 `H×W×3` array a saved PNG would hold."""
+    if image.dim() == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.dim() != 3:
+        raise UserInputError(
+            f"to_uint8 expects a 3×H×W image tensor, got shape {tuple(image.shape)}.")
+    scaled = (image.detach().float().clamp(0, 1) * 255).round()
+    return scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def write_image(path: str | os.PathLike[str], image: Tensor) -> Path:

@@ -21,20 +21,48 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from srcompress.data.degradation import Degradation, DegradationRandom
 from srcompress.errors import UserInputError
 
 
 @dataclass
 class Batch:
-    """Aligned training patches: `lr` is B×3×h×h, `hr` is B×3×(s·h)×(s·h), RGB in [0, 1]."""
+    """Aligned training patches, RGB in [0, 1]: `lr` (B×3×h×h) is the input both networks see,
+    `hr` (B×3×(s·h)×(s·h)) the clean ground truth.
+
+    For the classical task `lr` is the bicubic LR of the patch. With a real-world degradation
+    (`Batch.degraded`) `lr` is `hr` degraded on the device, `clean_lr` is the patch's clean
+    bicubic LR, and `degrade` turns other clean images at HR scale into inputs like `lr`
+    (DUKD's upcycled inputs), continuing the same reproducible random stream.
+    """
 
     lr: Tensor
     hr: Tensor
     scale: int
+    clean_lr: Tensor | None = None
+    degrade: Callable[[Tensor], Tensor] | None = None
+
+    @classmethod
+    def degraded(cls, clean_lr: Tensor, hr: Tensor, scale: int, degradation: Degradation,
+                 random: DegradationRandom) -> Batch:
+        """The batch whose input is `hr` degraded by `degradation` with `random`."""
+        def degrade(images: Tensor) -> Tensor:
+            return degradation.degrade(images, scale, random).to(
+                memory_format=_memory_format(images))
+
+        return cls(degrade(hr), hr, scale, clean_lr, degrade)
 
     def to(self, device: torch.device | str) -> Batch:
+        clean_lr = (None if self.clean_lr is None
+                    else self.clean_lr.to(device, non_blocking=True))
         return Batch(self.lr.to(device, non_blocking=True), self.hr.to(device, non_blocking=True),
-                     self.scale)
+                     self.scale, clean_lr, self.degrade)
+
+
+def _memory_format(images: Tensor) -> torch.memory_format:
+    """channels_last when `images` use it (the CUDA training path), else contiguous."""
+    channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 class StepFn(Protocol):

@@ -15,6 +15,24 @@ runs batched on the training device. The student runs once per input kind (pairs
 tiles, zoom-out), each at KD's batch size: merging pairs and tiles into one batch of 2B made its
 forward+backward superlinear on the CPU (2.41x for 2x the batch) and DUKD 14-18 % dearer than
 its pixel count; separate calls measure +2.4 % (docs/results.md).
+
+On real-world batches (`--degradation realesrgan`, `Batch.degraded`) every input is made from the
+clean HR patch y and then degraded by the run's pipeline D_s (HR scale → LR scale), continuing
+the iteration's random stream, so teacher and student always see the same degraded input:
+
+- pairs: x = D_s(y); targets y (clean) and T(x);
+- zoom-in: z = D_s(bicubic_s(tile)), i.e. a clean h×h tile of y, brought to HR scale by MATLAB
+  bicubic and degraded like the pairs, so its blur, noise and JPEG have the same strength per
+  pixel as the pairs' (degrading the tile at its own scale would blur it s times more);
+  target T(z), LCR on the student's copy as above;
+- zoom-out: x↓ = D_s(x_c), where x_c is the clean bicubic LR of y (cropped to a multiple of s);
+  targets x_c (the clean image x↓ was made from) and T(x↓). The input→target relation is then
+  the pairs' one, one scale down.
+
+Ground-truth terms always compare with clean images (as Real-ESRGAN's PSNR-oriented stage,
+without its sharpening of the ground truth); `w_rec = 0` leaves pure imitation of the teacher,
+the usual choice for a GAN-trained teacher. The zoom-in degradation costs one more pipeline pass
+at HR size per tile (measured in docs/results.md).
 """
 
 from __future__ import annotations
@@ -75,8 +93,10 @@ class Upcycled:
     """The inputs DUKD makes from one batch.
 
     `tiles[b, j]` is the grid cell (row·s + column) of the j-th tile of sample b; the tiles are
-    stacked sample-major, so row b·n_sub + j of `zoom_in` is that tile. `operations[i, k]` says
-    whether `LCR_OPERATIONS[k]` was applied to row i of `zoom_in` to make `zoom_in_student`.
+    stacked sample-major, so row b·n_sub + j of `zoom_in` is that tile (degraded, on degraded
+    batches). `operations[i, k]` says whether `LCR_OPERATIONS[k]` was applied to row i of
+    `zoom_in` to make `zoom_in_student`. `zoom_out_target` is the clean image `zoom_out` was
+    made from, the ground truth of the student's output on it.
     """
 
     zoom_in: Tensor
@@ -84,6 +104,7 @@ class Upcycled:
     operations: Tensor
     zoom_in_student: Tensor
     zoom_out: Tensor | None
+    zoom_out_target: Tensor | None
 
 
 def apply_operations(images: Tensor, operations: Tensor) -> Tensor:
@@ -150,14 +171,29 @@ class DUKD(Method):
         sample = torch.arange(count, device=hr.device).unsqueeze(1)
         zoom_in = grid[sample, :, on_device // scale, :, on_device % scale, :]
         zoom_in = zoom_in.reshape(count * n_sub, channels, height, width)
+        if batch.degrade is not None:
+            with torch.no_grad():
+                zoom_in = batch.degrade(imresize(zoom_in, scale=scale))
 
         operations = torch.rand(count * n_sub, len(LCR_OPERATIONS),
                                 generator=self.generator) < self.options.lcr_prob
-        zoom_out = None
+        zoom_out = target = None
         if self.options.zoom_out:
             with torch.no_grad():
-                zoom_out = imresize(lr, scale=1 / scale)
-        return Upcycled(zoom_in, tiles, operations, apply_operations(zoom_in, operations), zoom_out)
+                zoom_out, target = self._zoom_out(batch)
+        return Upcycled(zoom_in, tiles, operations, apply_operations(zoom_in, operations),
+                        zoom_out, target)
+
+    @staticmethod
+    def _zoom_out(batch: Batch) -> tuple[Tensor, Tensor]:
+        """x↓ and its ground truth: the bicubic of x and x itself; on degraded batches the clean
+        LR patch (cropped to a multiple of s) degraded like the pairs, and that clean patch."""
+        if batch.degrade is None or batch.clean_lr is None:
+            return imresize(batch.lr, scale=1 / batch.scale), batch.lr
+        height, width = batch.clean_lr.shape[-2:]
+        clean = batch.clean_lr[..., :height // batch.scale * batch.scale,
+                               :width // batch.scale * batch.scale]
+        return batch.degrade(clean), clean
 
     def teacher_targets(self, batch: Batch, upcycled: Upcycled,
                         teacher: nn.Module | None) -> list[Tensor]:
@@ -178,11 +214,11 @@ class DUKD(Method):
         options = self.options
         restored = undo_operations(sr_zoom_in, upcycled.operations, options.same_order_inverse)
         terms = {"zoom_in": options.w_upcycled * F.l1_loss(restored, targets[1])}
-        if upcycled.zoom_out is not None:
+        if upcycled.zoom_out is not None and upcycled.zoom_out_target is not None:
             sr_down = student(upcycled.zoom_out)
-            height, width = batch.lr.shape[-2:]
+            height, width = upcycled.zoom_out_target.shape[-2:]
             terms["zoom_out_rec"] = options.w_upcycled * options.w_rec * F.l1_loss(
-                sr_down[..., :height, :width], batch.lr)
+                sr_down[..., :height, :width], upcycled.zoom_out_target)
             terms["zoom_out_kd"] = options.w_upcycled * options.w_kd * F.l1_loss(
                 sr_down, targets[2])
         return terms

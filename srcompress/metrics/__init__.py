@@ -1,9 +1,10 @@
-"""PSNR and SSIM exactly as the SR field's benchmark protocol computes them.
+"""PSNR and SSIM exactly as the SR field's benchmark protocol computes them (NIQE: `niqe`).
 
 Paper tables come from MATLAB code (and BasicSR's port of it): the SR output is clamped, scaled to
 [0, 255] and rounded to uint8 like a saved PNG; both images lose `crop_border` pixels on every
 side; PSNR and SSIM are then taken on the BT.601 luma of MATLAB's `rgb2ycbcr` (or on RGB). Every
 step here runs in float64 so that our figures agree with those tables to the hundredth of a dB.
+`to_uint8` (from `data.images`, where saving uses it too) makes the uint8 arrays they take.
 """
 
 from __future__ import annotations
@@ -11,27 +12,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
-from torch import Tensor
 
+from srcompress.data.images import to_uint8
 from srcompress.errors import UserInputError
+
+__all__ = ["psnr", "rgb_to_y", "ssim", "to_uint8"]
 
 _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
-
-
-def to_uint8(image: Tensor) -> NDArray[np.uint8]:
-    """A `3×H×W` (or `1×3×H×W`) [0, 1] tensor as the uint8 `H×W×3` array a saved PNG would hold."""
-    if image.dim() == 4 and image.shape[0] == 1:
-        image = image[0]
-    if image.dim() != 3:
-        raise UserInputError(
-            f"to_uint8 expects a 3×H×W image tensor, got shape {tuple(image.shape)}.")
-    scaled = (image.detach().float().clamp(0, 1) * 255).round()
-    return scaled.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def rgb_to_y(image: NDArray[np.uint8]) -> NDArray[np.float64]:

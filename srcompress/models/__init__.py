@@ -11,6 +11,7 @@ from srcompress.models.cost import count_macs
 from srcompress.models.registry import ARCHITECTURES, PRESETS, Architecture, get_architecture
 from srcompress.models.spandrel_bridge import register_spandrel_architectures
 from srcompress.models.spec import Spec, parse_spec
+from srcompress.models.task import Task, model_task
 
 # After our own architectures: spandrel's of the same name become `<name>-spandrel`.
 register_spandrel_architectures()
@@ -56,11 +57,13 @@ __all__ = [
     "Architecture",
     "LoadedModel",
     "Spec",
+    "Task",
     "build_model",
     "count_macs",
     "default_student_spec",
     "get_architecture",
     "load_model",
+    "model_task",
     "parse_spec",
     "read_state_dict",
     "save_model",

@@ -15,9 +15,15 @@ from typing import Any
 
 from srcompress.errors import UserInputError
 from srcompress.methods import METHODS, Method
-from srcompress.models import LoadedModel, build_model, default_student_spec, load_model
+from srcompress.models import (
+    LoadedModel,
+    build_model,
+    default_student_spec,
+    load_model,
+    model_task,
+)
 from srcompress.train.loop import Reporter
-from srcompress.train.run import Job, RunResult, run_training
+from srcompress.train.run import Job, RunResult, run_training, task_defaults
 from srcompress.train.settings import Resume, TrainingSettings, setting
 
 
@@ -58,6 +64,7 @@ def distill(
     train_data: Sequence[str | Path] | None = None,
     val_benchmarks: Sequence[str] | None = None,
     scale: int | None = None,
+    degradation: str | Path | Mapping[str, Any] | None = None,
     iters: int | None = None,
     batch_size: int | None = None,
     patch_size: int | None = None,
@@ -114,6 +121,8 @@ class DistillJob(Job[DistillSettings]):
             settings.student = default_student_spec(teacher)
         if settings.teacher is not None:
             settings.teacher = settings.teacher.resolve()
+        if teacher is not None:
+            self.warnings = task_defaults(settings, model_task(teacher), "teacher")
         self.teacher = teacher.module if teacher is not None else None
 
     @staticmethod

@@ -13,8 +13,9 @@ Choices, and why:
   paper's 100k/200k of 250k; `cosine` decays it to zero.
 - EMA decay is `min(ema, (1 + i) / (10 + i))`: the usual warm-up, without which a short run's
   EMA weights would still be mostly the random initial ones.
-- Randomness is reseeded every iteration from (seed, iteration, rank), for the data and for the
-  method's own draws (DUKD's tiles and flips), so resuming from a checkpoint is bit-exact on CPU.
+- Randomness is reseeded every iteration from (seed, iteration, rank), for the data, the
+  degradation of real-world runs (on the device, before the method) and the method's own draws
+  (DUKD's tiles and flips), so resuming from a checkpoint is bit-exact on CPU.
 - A loss that is NaN or infinite stops the run before the step, with the last checkpoint kept.
 - AMP (bf16 where supported, else fp16 with a GradScaler) and channels_last are used on CUDA only.
 - `metrics.json` is rewritten at every log and validation, not only with checkpoints, so a job
@@ -38,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from srcompress.data.degradation import Degradation, DegradationRandom
 from srcompress.data.training import PatchBatches, iteration_seed, patch_loader
 from srcompress.errors import UserInputError
 from srcompress.methods.base import Batch, Method
@@ -46,6 +48,9 @@ from srcompress.train.state import RunFolder
 
 ValidationResults = dict[str, dict[str, float]]  # benchmark → {"psnr": .., "ssim": ..}
 SCHEDULES = ("multistep", "cosine")
+# The random streams of an iteration: 0 the patches, 1 torch/NumPy/random, 2 the method's
+# generator, 3 the degradation.
+DEGRADATION_STREAM = 3
 
 
 @dataclass
@@ -156,6 +161,16 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def training_batch(lr: Tensor, hr: Tensor, scale: int, degradation: Degradation | None,
+                   seed: int, iteration: int, rank: int) -> Batch:
+    """The batch of `iteration`: the data's bicubic pairs, or with a `degradation` the HR
+    patches degraded on their device from (seed, iteration, rank) alone."""
+    if degradation is None:
+        return Batch(lr, hr, scale)
+    random = DegradationRandom((seed, iteration, rank, DEGRADATION_STREAM), hr.device)
+    return Batch.degraded(lr, hr, scale, degradation, random)
+
+
 class Trainer:
     """Trains `student` with `method` (and the frozen `teacher`) on `batches`."""
 
@@ -164,8 +179,10 @@ class Trainer:
                  run: RunFolder | None, place: Distributed,
                  validate: Callable[[nn.Module], ValidationResults] | None = None,
                  save_weights: Callable[[str, nn.Module, dict[str, Any]], None] | None = None,
-                 reporter: Reporter | None = None) -> None:
+                 reporter: Reporter | None = None,
+                 degradation: Degradation | None = None) -> None:
         self.settings = settings
+        self.degradation = degradation
         self.device = device
         self.run = run if place.is_main else None
         self.place = place
@@ -284,7 +301,7 @@ class Trainer:
             group["lr"] = learning_rate(settings, iteration)
         _seed_everything(iteration_seed(settings.seed, iteration, self.place.rank, stream=1))
         self.method.reseed(iteration_seed(settings.seed, iteration, self.place.rank, stream=2))
-        batch = Batch(self._on_device(lr_patches), self._on_device(hr_patches), self.batches.scale)
+        batch = self._batch(self._on_device(lr_patches), self._on_device(hr_patches), iteration)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else contextlib.nullcontext())
         try:
@@ -296,6 +313,10 @@ class Trainer:
             self.ema.update(self.student, iteration)
         self.iteration = iteration + 1
         return terms
+
+    def _batch(self, lr: Tensor, hr: Tensor, iteration: int) -> Batch:
+        return training_batch(lr, hr, self.batches.scale, self.degradation, self.settings.seed,
+                              iteration, self.place.rank)
 
     def _on_device(self, patches: Tensor) -> Tensor:
         patches = patches.to(self.device, non_blocking=True)

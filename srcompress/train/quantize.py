@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from srcompress.data.degradation import resolve_degradation
 from srcompress.data.training import PatchBatches
 from srcompress.errors import UserInputError
 from srcompress.methods import Method
-from srcompress.models import LoadedModel, load_model
+from srcompress.models import LoadedModel, load_model, model_task
 from srcompress.quant import (
     QuantizationReport,
     calibrate,
@@ -36,8 +37,14 @@ from srcompress.quant import (
     is_quantized,
     quantize_model,
 )
-from srcompress.train.loop import Reporter
-from srcompress.train.run import Job, RunResult, run_training
+from srcompress.train.loop import Reporter, training_batch
+from srcompress.train.run import (
+    Job,
+    RunResult,
+    on_device_degradation,
+    run_training,
+    task_defaults,
+)
 from srcompress.train.settings import Resume, TrainingSettings, setting
 
 # `none` is the comparison without a teacher: the student's own L1 loss (the `scratch` method).
@@ -117,6 +124,7 @@ def quantize(
     train_data: Sequence[str | Path] | None = None,
     val_benchmarks: Sequence[str] | None = None,
     scale: int | None = None,
+    degradation: str | Path | Mapping[str, Any] | None = None,
     iters: int | None = None,
     batch_size: int | None = None,
     patch_size: int | None = None,
@@ -178,6 +186,7 @@ class QuantizeJob(Job[QuantizeSettings]):
             raise UserInputError(f"--scale {settings.scale} differs from the model's "
                                  f"x{loaded.scale}: drop --scale.")
         settings.scale = loaded.scale
+        self.warnings = task_defaults(settings, model_task(loaded), "model")
         self.teacher = self._teacher(settings, loaded, method.needs_teacher)
         loaded.module, self.report = quantize_model(loaded.module, settings.w_bits,
                                                     settings.a_bits, settings.scope,
@@ -224,10 +233,17 @@ class QuantizeJob(Job[QuantizeSettings]):
 
     def before_training(self, settings: QuantizeSettings, module: nn.Module,
                         batches: PatchBatches, device: torch.device) -> None:
-        """Activation ranges from the LR patches of the run's first calibration batches."""
+        """Activation ranges from the inputs of the run's first calibration batches (degraded as
+        training degrades them)."""
         module.to(device)
-        calibrate(module, (batches[iteration][0].to(device)
-                           for iteration in range(settings.calibration_batches)))
+        degradation = on_device_degradation(resolve_degradation(settings.degradation))
+
+        def inputs(iteration: int) -> torch.Tensor:
+            lr, hr = batches[iteration]
+            return training_batch(lr.to(device), hr.to(device), batches.scale, degradation,
+                                  settings.seed, iteration, batches.rank).lr
+
+        calibrate(module, (inputs(iteration) for iteration in range(settings.calibration_batches)))
 
     def weights_metadata(self, settings: QuantizeSettings) -> dict[str, Any]:
         teacher = (settings.teacher.name if settings.teacher is not None

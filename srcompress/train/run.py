@@ -1,7 +1,8 @@
 """The one run skeleton of every training command (`distill`, `quantize`).
 
 `run_training` does what every run does, in this order: the device, the method, the models (the
-command's `Job`), the settings the run fills in itself, the seeded student, the data, the
+command's `Job`), the settings the run fills in itself (the degradation defaults to bicubic
+when the job found no recorded task), the seeded student, the data, the
 validation, the run folder with its `config.toml`, the Trainer, training to the end (or to Ctrl-C)
 and the result. What differs between the commands is a `Job`: how the student and the teacher are
 prepared (`load`, `student`, `before_training`) and which weights file is written, with which
@@ -31,12 +32,18 @@ import torch
 from torch import nn
 
 from srcompress.data.benchmarks import find_benchmark
+from srcompress.data.degradation import (
+    BicubicDegradation,
+    Degradation,
+    degradation_setting,
+    resolve_degradation,
+)
 from srcompress.data.training import PatchBatches, load_training_images, memory_bytes
 from srcompress.demo import demo_data_folder
 from srcompress.devices import resolve_device
 from srcompress.evaluation import evaluate
 from srcompress.methods import Method, create_method
-from srcompress.models import LoadedModel, save_model
+from srcompress.models import LoadedModel, Task, save_model
 from srcompress.train import distributed
 from srcompress.train.distributed import Distributed
 from srcompress.train.loop import Reporter, Trainer, ValidationResults
@@ -65,6 +72,7 @@ class Job(ABC, Generic[Settings]):
     method_names: ClassVar[Mapping[str, str] | None] = None  # the command's method → registry
 
     teacher: nn.Module | None = None
+    warnings: tuple[str, ...] = ()  # what `load` found worth telling the user
 
     @abstractmethod
     def load(self, settings: Settings, method: Method) -> None:
@@ -100,6 +108,9 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
     names = job.method_names or {}
     method = create_method(names.get(settings.method, settings.method), **settings.method_options)
     job.load(settings, method)
+    if settings.degradation is None:
+        settings.degradation = BicubicDegradation.name
+    degradation = resolve_degradation(settings.degradation)
     settings.method_options = dataclasses.asdict(method.options)
     if settings.train_data is None:
         settings.train_data = [demo_data_folder()]
@@ -113,7 +124,8 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
     data = load_training_images(settings.train_data, student.scale, settings.patch_size)
     validate = (validator(settings, student.scale, device) if settings.val_benchmarks
                 else None)
-    save_weights = weight_writer(student, settings, **job.weights_metadata(settings))
+    save_weights = weight_writer(student, settings, degradation=settings.degradation,
+                                 **job.weights_metadata(settings))
 
     place = distributed.setup(device)
     run = RunFolder(settings.output, job.weights_name)
@@ -125,20 +137,52 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
             if data.skipped:
                 reporter.message(f"Skipped {len(data.skipped)} training image(s) smaller than "
                                  f"one patch: {', '.join(data.skipped)}.")
+            for warning in job.warnings:
+                reporter.message(f"Warning: {warning}")
             reporter.message(
                 f"{len(data.images)} training images ({memory_bytes(data) / 2**20:.0f} MiB in "
-                f"memory), {job.summary(settings)}, method {settings.method}, output {run.root}")
+                f"memory), {degradation.name} inputs, {job.summary(settings)}, method "
+                f"{settings.method}, output {run.root}")
+            if degradation.name != BicubicDegradation.name and validate is not None:
+                reporter.message(
+                    f"Note: validation on {', '.join(settings.val_benchmarks)} uses those "
+                    "benchmarks' own LR inputs; to validate on the real-world task, pass "
+                    "--val-benchmark with a set made by `srcompress datasets degrade`.")
         if not resume:
             job.before_training(settings, student.module, batches, device)
         trainer = Trainer(student.module, job.teacher, method, batches, settings.loop_settings(),
                           device, run, place, validate=validate, save_weights=save_weights,
-                          reporter=reporter)
+                          reporter=reporter, degradation=on_device_degradation(degradation))
         completed = train_to_end(trainer, run, place, resume, save_weights)
     finally:
         distributed.teardown(place)
     best = run.best if run.best.exists() else None
     return RunResult(run.root, run.weights, best, trainer.record.as_dict(trainer.iteration),
                      completed)
+
+
+def task_defaults(settings: TrainingSettings, task: Task, role: str) -> tuple[str, ...]:
+    """Sets the run's degradation to the task recorded for the `role` model (teacher, model) when
+    none was given, and returns the warning for a real-world architecture that would otherwise
+    be trained on bicubic inputs without the user having chosen them."""
+    if settings.degradation is not None:
+        return ()
+    if task.degradation is not None:
+        settings.degradation = degradation_setting(task.degradation)
+        return ()
+    if not task.real_world:
+        return ()
+    return (f"the {role} is {task.why}, but no --degradation was given, so the student learns "
+            "from clean bicubic inputs it will not see in real photos. Pass --degradation "
+            "realesrgan (or a TOML file of the teacher's degradation settings) to train on "
+            "real-world inputs, or --degradation bicubic to keep bicubic inputs and silence "
+            "this warning.",)
+
+
+def on_device_degradation(degradation: Degradation) -> Degradation | None:
+    """The degradation the trainer applies to HR patches, or None when the data's own bicubic LR
+    patches are the inputs (the classical task, bit-identical to runs before degradations)."""
+    return None if isinstance(degradation, BicubicDegradation) else degradation
 
 
 def validator(settings: TrainingSettings, scale: int,

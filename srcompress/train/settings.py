@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import tomli_w
 
+from srcompress.data.degradation import degradation_setting
 from srcompress.errors import UserInputError
 from srcompress.train.loop import SCHEDULES, TrainSettings
 from srcompress.train.state import RunFolder
@@ -119,6 +120,11 @@ class TrainingSettings:
         help="Where benchmarks live (default: $SRCOMPRESS_DATA, else "
         "~/.cache/srcompress/datasets).")
     scale: int | None = setting(None, help="Upscaling factor.")
+    degradation: str | dict[str, Any] | None = setting(
+        None, metavar="NAME|FILE", normalise=degradation_setting,
+        help="How LR inputs are made from HR patches: bicubic, realesrgan (Real-ESRGAN's "
+        "second-order pipeline, x4plus settings) or a TOML file of Real-ESRGAN settings "
+        "(default: the task the teacher was trained for, else bicubic).")
     iters: int = setting(250_000, resume=Resume.CHANGES, help="Training iterations.")
     batch_size: int = setting(16, help="Patches per iteration and process (default: 16).")
     patch_size: int = setting(48, help="LR patch side in pixels (default: 48).")
@@ -309,14 +315,21 @@ _DESCRIPTIONS = {bool: "true or false", int: "a whole number", float: "a number"
 
 def _typed(value: Any, kind: Any) -> Any:
     """`value` as the declared `kind` (str, int, float, bool, Path, list[...], dict[str, ...],
-    optionally `| None`), accepting only what means the same: an int for a float, a string for a
-    path, one path for a list of paths. Raises `_WrongType` otherwise."""
+    a union of them, tried in order, optionally `| None`), accepting only what means the same:
+    an int for a float, a string for a path and a path for a string, one path for a list of
+    paths. Raises `_WrongType`
+    otherwise."""
     origin, arguments = typing.get_origin(kind), typing.get_args(kind)
     if origin in (types.UnionType, typing.Union):
         if value is None:
             return None
-        (kind,) = [argument for argument in arguments if argument is not type(None)]
-        return _typed(value, kind)
+        expected = []
+        for option in [argument for argument in arguments if argument is not type(None)]:
+            try:
+                return _typed(value, option)
+            except _WrongType as wrong:
+                expected.append(wrong.expected)
+        raise _WrongType(" or ".join(expected))
     if origin is list:
         (item,) = arguments
         expected = f"a list of {_DESCRIPTIONS[item].removeprefix('a ')}s"
@@ -334,6 +347,8 @@ def _typed(value: Any, kind: Any) -> Any:
         return dict(value)
     if kind is Path and isinstance(value, str | os.PathLike):
         return Path(value)
+    if kind is str and isinstance(value, os.PathLike):  # a SPEC or degradation file
+        return os.fspath(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):

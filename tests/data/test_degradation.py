@@ -30,8 +30,8 @@ from srcompress.data.degradation.stages import (
 )
 from srcompress.data.images import read_image
 from srcompress.data.resize import imresize
+from srcompress.demo import demo_data_folder
 from srcompress.errors import UserInputError
-from srcompress.train.distill import demo_data_folder
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ from srcompress.data.degradation.pipeline import (
     Degradation,
     DegradationRandom,
     RealESRGANDegradation,
+    degradation_setting,
     resolve_degradation,
 )
 
 __all__ = ["DEGRADATION_NAMES", "BicubicDegradation", "Degradation", "DegradationRandom",
-           "RealESRGANDegradation", "RealESRGANOptions", "read_options", "resolve_degradation"]
+           "RealESRGANDegradation", "RealESRGANOptions", "degradation_setting", "read_options",
+           "resolve_degradation"]

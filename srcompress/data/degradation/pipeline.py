@@ -26,7 +26,7 @@ on nothing else, so a resumed run sees exactly the inputs the uninterrupted one 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -131,7 +131,11 @@ class RealESRGANDegradation(Degradation):
 
     @torch.no_grad()
     def degrade(self, hr: Tensor, scale: int, random: DegradationRandom) -> Tensor:
-        return self.apply(hr, scale, self.draw(hr.shape[0], random.parameters), random.noise)
+        """The batch degraded in float32 (also inside a training step's autocast region: blur
+        and resizing in bf16 would change the task)."""
+        with torch.autocast(hr.device.type, enabled=False):
+            draw = self.draw(hr.shape[0], random.parameters)
+            return self.apply(hr.float(), scale, draw, random.noise)
 
     def draw(self, count: int, generator: torch.Generator) -> RealESRGANDraw:
         """The parameters for a batch of `count` images, from the CPU `generator`."""
@@ -220,8 +224,11 @@ def _check_size(hr: Tensor, scale: int) -> None:
 DEGRADATION_NAMES = ("bicubic", "realesrgan")
 
 
-def resolve_degradation(spec: str | Path) -> Degradation:
-    """`bicubic`, `realesrgan` (x4plus defaults) or a TOML file of Real-ESRGAN overrides."""
+def resolve_degradation(spec: str | Path | Mapping[str, Any]) -> Degradation:
+    """`bicubic`, `realesrgan` (x4plus defaults), a TOML file of Real-ESRGAN settings, or those
+    settings as a table (the form a run's config and a checkpoint's metadata keep)."""
+    if isinstance(spec, Mapping):
+        return RealESRGANDegradation(RealESRGANOptions.from_mapping(spec, "The degradation table"))
     text = str(spec)
     if text == "bicubic":
         return BicubicDegradation()
@@ -231,3 +238,13 @@ def resolve_degradation(spec: str | Path) -> Degradation:
         return RealESRGANDegradation(read_options(text))
     raise UserInputError(f"--degradation must be bicubic, realesrgan or a TOML file of "
                          f"Real-ESRGAN settings, got {text!r}.")
+
+
+def degradation_setting(spec: str | Path | Mapping[str, Any]) -> str | dict[str, Any]:
+    """The canonical, self-contained form of a degradation: its name when it is a preset, else
+    the table of all its Real-ESRGAN settings (a run then no longer depends on the TOML file,
+    and equal settings compare equal however they were given)."""
+    degradation = resolve_degradation(spec)
+    custom = (isinstance(degradation, RealESRGANDegradation)
+              and degradation.options != RealESRGANOptions())
+    return degradation.options.as_dict() if custom else degradation.name
