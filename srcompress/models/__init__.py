@@ -30,17 +30,20 @@ def build_model(spec: str, scale: int) -> LoadedModel:
 
 
 def default_student_spec(teacher: LoadedModel) -> str:
-    """A student about a tenth of the teacher's cost, by the architecture's own rule."""
+    """A student about a tenth of the teacher's cost, by the architecture's own rule (which may
+    choose another architecture, `Architecture.student_arch`)."""
     arch = get_architecture(teacher.arch)
     if arch.smaller_student is None:
         raise UserInputError(
             f"There is no default student for {teacher.arch} teachers; choose one with --student "
             "(see `srcompress models`)."
         )
+    student = get_architecture(arch.student_arch or arch.name)
     settings: dict[str, Any] = arch.smaller_student(teacher.settings)
-    changed = {key: value for key, value in settings.items() if arch.defaults.get(key) != value}
+    changed = {key: value for key, value in settings.items()
+               if student.defaults.get(key) != value}
     items = ",".join(f"{key}={_format(value)}" for key, value in changed.items())
-    return f"{teacher.arch}:{items}" if items else teacher.arch
+    return f"{student.name}:{items}" if items else student.name
 
 
 def _format(value: Any) -> str:

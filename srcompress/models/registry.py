@@ -44,6 +44,9 @@ class Architecture:
     detect: Callable[[StateDict], Detection | None]
     smaller_student: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The architecture `smaller_student`'s settings are for, when it is not this one (an RRDBNet
+    # teacher gets Real-ESRGAN's own fast architecture, SRVGGNetCompact).
+    student_arch: str | None = None
 
     def build(self, settings: Mapping[str, Any], scale: int) -> nn.Module:
         arguments = dict(settings)

@@ -58,3 +58,20 @@ def test_default_students_are_about_a_tenth():
         teacher = build_model(teacher_spec, 4)
         student = build_model(default_student_spec(teacher), 4)
         assert 0.04 < student.parameters / teacher.parameters < 0.15
+
+
+def test_real_world_families_get_compact_students():
+    """RRDBNet teachers (Real-ESRGAN x4plus) get SRVGGNetCompact, Compact teachers a smaller
+    Compact, real-world SwinIR keeps its nearest+conv upsampler; all well below the teacher."""
+    x4plus = build_model("esrgan:num_filters=64,num_blocks=23", 4)
+    spec = default_student_spec(x4plus)
+    assert spec == "compact:num_feat=64,num_conv=32"
+    student = build_model(spec, 4)
+    assert student.parameters < x4plus.parameters / 10
+    compact = build_model("compact:num_feat=64,num_conv=32", 4)
+    smaller = build_model(default_student_spec(compact), 4)
+    assert smaller.arch == "compact" and smaller.settings["num_conv"] < 32
+    assert 0.04 < smaller.parameters / compact.parameters < 0.15
+    swinir = build_model("swinir:embed_dim=60,depths=[2,2],num_heads=[6,6],window_size=8,"
+                         "upsampler=nearest+conv", 4)
+    assert build_model(default_student_spec(swinir), 4).settings["upsampler"] == "nearest+conv"
