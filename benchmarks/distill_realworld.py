@@ -37,10 +37,10 @@ from results_doc import replace_section
 from srcompress import models
 from srcompress.data.degradation import resolve_degradation
 from srcompress.data.synthetic import degrade_benchmark
+from srcompress.devices import resolve_device
 from srcompress.evaluation import evaluate
 from srcompress.files import atomic_path
 from srcompress.train.distill import distill
-from srcompress.train.distributed import rank_device
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCALE = 4
@@ -171,7 +171,7 @@ def main() -> None:
         "Set14-RW: Set14 degraded once with seed 0 (PSNR/SSIM to its ground truth, Y, border "
         "4; PSNR to the teacher's outputs on the same inputs); Set5-RW LR-only: Set5 degraded "
         "with seed 1, its LR images scored by NIQE alone (lower is better). Mean ± sample std "
-        f"over seeds; s/iter on {rank_device(arguments.device)} with "
+        f"over seeds; s/iter on {resolve_device(arguments.device)} with "
         f"{torch.get_num_threads()} torch threads on a shared machine.",
         "", markdown, "", "Paired differences (same seed: same data order, degradations and "
         "initial student weights):", "", differences, "",
