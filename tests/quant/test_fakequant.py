@@ -109,6 +109,8 @@ def test_edsr_graph_quantizes_every_tensor_the_runtime_holds_in_integers() -> No
     assert {"body_0_relu", "body_0_conv2", "add", "conv_first"} <= set(
         report.activation_quantizers)
     assert "body_0_conv1" not in report.activation_quantizers
+    # Each pixel shuffle re-quantises with its input's quantiser (the runtime moves uint8).
+    assert report.shared_quantizers == {"upsample_1": "upsample_0", "upsample_3": "upsample_2"}
     # One quantiser per Add output, read by both the skip path and the next conv.
     (first_add, *_) = _calls(model, operator.add)
     (quantizer,) = first_add.users

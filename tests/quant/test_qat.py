@@ -156,7 +156,9 @@ def test_cli_exports_the_quantized_model_with_qdq_nodes(w4a4_run: QuantizeResult
     assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["precision"] == "int8" and report["verified"]
-    assert report["qdq_nodes"]["QuantizeLinear"] == len(w4a4_run.report.activation_quantizers)
+    quantizers = w4a4_run.report.activation_quantizers
+    assert report["qdq_nodes"]["QuantizeLinear"] == len(quantizers) + len(
+        w4a4_run.report.shared_quantizers)
     assert report["runtime_ops"]["integer_convs"] == len(w4a4_run.report.quantized)
     metadata = {entry.key: entry.value for entry in onnx.load(str(target)).metadata_props}
     assert metadata["quant_bits"] == "w4a4"
