@@ -225,6 +225,7 @@ def _build(model: nn.Module, report: QuantizationReport, graph: bool | None = No
 def _insert_quantizers(traced: fx.GraphModule, report: QuantizationReport) -> None:
     graph = traced.graph
     modules = dict(traced.named_modules())
+    device = next(traced.parameters()).device
     quantized: dict[fx.Node, bool] = {}  # node → its output carries a quantiser
     shares: dict[fx.Node, fx.Node] = {}  # rearranged tensor → the tensor whose quantiser it reuses
 
@@ -280,7 +281,7 @@ def _insert_quantizers(traced: fx.GraphModule, report: QuantizationReport) -> No
         name = node.name
         # The image is 8-bit data: its quantiser keeps 8 bits whatever --a-bits says (the same
         # uint8 container, so no cost at run time; at w4a4 it alone cost 1.0 dB on Set5).
-        quantizer = ActivationQuantizer(8 if node in image_side else report.a_bits)
+        quantizer = ActivationQuantizer(8 if node in image_side else report.a_bits).to(device)
         traced.add_submodule(f"{QUANTIZERS}.{name}", quantizer)
         with graph.inserting_after(node):
             quantizer_node = graph.call_module(f"{QUANTIZERS}.{name}", (node,))
