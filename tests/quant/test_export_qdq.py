@@ -153,3 +153,33 @@ def test_a_float_model_has_no_qdq_export(trained_edsr: LoadedModel) -> None:
     with pytest.raises(UserInputError, match="not quantized"), \
             qdq_export_mode(trained_edsr.module):
         pass
+
+
+def _random_model_counts(spec: str, image: torch.Tensor, tmp_path: Path) -> tuple[dict, object]:
+    """Runtime op counts of a randomly initialised model's export (fusion does not depend on the
+    weights; a random model's output is not an image, hence the loose tolerance)."""
+    torch.manual_seed(0)
+    model = build_model(spec, SCALE)
+    module, report = quantize_model(model.module, 8, 8)
+    calibrate(module, [image])
+    quantized = LoadedModel(module.eval(), model.arch, model.settings, SCALE,
+                            {"quant": report.metadata()}, "random")
+    return export_onnx(quantized, tmp_path / "model.onnx", atol=1.0).runtime_ops, report
+
+
+def test_rrdb_dense_blocks_run_in_integers(set5_x2: list, tmp_path: Path) -> None:
+    counts, report = _random_model_counts("esrgan:num_filters=16,num_blocks=1",
+                                          set5_x2[0].lr[:, :32, :32].unsqueeze(0), tmp_path)
+    assert report.graph and set(report.folded_multipliers.values()) == {0.2}
+    assert counts["integer_convs"] == len(report.quantized) and counts["float_convs"] == 1
+    assert {"QLinearLeakyRelu", "QLinearConcat", "QLinearAdd"} <= set(counts["integer_ops"])
+
+
+def test_window_attention_keeps_integer_convs_and_names_its_float_linears(
+        set5_x2: list, tmp_path: Path) -> None:
+    counts, report = _random_model_counts(
+        "swinir:embed_dim=12,depths=[1],num_heads=[2],window_size=4,img_size=16,mlp_ratio=1,"
+        "upsampler=pixelshuffle", set5_x2[0].lr[:, :16, :16].unsqueeze(0), tmp_path)
+    assert not report.graph  # torch.fx cannot trace its padding code: per-conv quantizers
+    assert report.skipped and set(report.skipped.values()) == {"Linear"}
+    assert counts["integer_convs"] == len(report.quantized) and counts["float_matmuls"] > 0
