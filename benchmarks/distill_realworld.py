@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 from distill_small import Heartbeat, add_comparison_arguments, mean_std
-from results_doc import replace_section
+from results_doc import replace_section, shown_command, shown_path
 
 from srcompress import models
 from srcompress.data.degradation import resolve_degradation
@@ -145,7 +144,7 @@ def main() -> None:
         sys.exit(f"{arguments.teacher} does not exist: train it first with "
                  "examples/train_realworld_teacher.py, or pass --teacher.")
 
-    command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
+    command = shown_command(["python", *sys.argv])
     teacher = models.load_model(arguments.teacher)
     arguments.student = arguments.student or models.default_student_spec(teacher)
     paired, lr_only = evaluation_sets(arguments)
@@ -159,11 +158,12 @@ def main() -> None:
     student = models.build_model(arguments.student, SCALE)
     section = "\n".join([
         "## Real-world distillation at small scale (benchmarks/distill_realworld.py)", "",
-        f"Teacher `{arguments.teacher}` ({teacher.arch} {teacher.settings} x{SCALE}, "
+        f"Teacher `{shown_path(arguments.teacher)}` ({teacher.arch} "
+        f"{', '.join(f'{key}={value}' for key, value in teacher.settings.items())} x{SCALE}, "
         f"{teacher.parameters:,} parameters; {models.model_task(teacher).describe()}), trained "
         "by examples/train_realworld_teacher.py; student "
         f"`{arguments.student}` ({student.parameters:,} parameters). Training images: "
-        f"{', '.join(str(path) for path in arguments.train_data)}, degraded on the fly by "
+        f"{', '.join(shown_path(path) for path in arguments.train_data)}, degraded on the fly by "
         f"`--degradation realesrgan`; {arguments.iters} iterations, batch "
         f"{arguments.batch_size}, LR patch {arguments.patch_size}, lr {arguments.lr} "
         f"({arguments.schedule}), EMA 0.999 with warm-up, seeds "
