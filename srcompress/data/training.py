@@ -150,7 +150,9 @@ def iteration_seed(seed: int, iteration: int, rank: int, stream: int = 0) -> int
 
 
 class PatchBatches(Dataset):
-    """Item `i` is the whole training batch of iteration `i`: (lr B×3×p×p, hr B×3×sp×sp) float.
+    """Item `i` is the whole training batch of iteration `i`: (lr B×3×p×p, hr B×3×sp×sp) float,
+    and where each patch came from, B×4 int64 (image index, LR top, LR left, `augment` flips), which
+    the teacher cache needs to crop the teacher's outputs aligned with the patch.
 
     A batch is one item (not B items) so that it depends only on (seed, i, rank), whichever loader
     worker makes it.
@@ -169,33 +171,45 @@ class PatchBatches(Dataset):
     def __len__(self) -> int:
         return 2**62
 
-    def __getitem__(self, iteration: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, iteration: int) -> tuple[Tensor, Tensor, Tensor]:
         generator = torch.Generator().manual_seed(iteration_seed(self.seed, iteration, self.rank))
-        lrs, hrs = [], []
+        lrs, hrs, placements = [], [], []
         for _ in range(self.batch_size):
-            lr, hr = self._patch(generator)
+            lr, hr, placement = self._patch(generator)
             lrs.append(lr)
             hrs.append(hr)
-        return torch.stack(lrs).float().div_(255), torch.stack(hrs).float().div_(255)
+            placements.append(placement)
+        return (torch.stack(lrs).float().div_(255), torch.stack(hrs).float().div_(255),
+                torch.tensor(placements, dtype=torch.int64))
 
-    def _patch(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _patch(self, generator: torch.Generator) -> tuple[Tensor, Tensor, list[int]]:
         def draw(high: int) -> int:
             return int(torch.randint(high, (1,), generator=generator))
 
-        image = self.images[draw(len(self.images))]
+        index = draw(len(self.images))
+        image = self.images[index]
         size, scale = self.patch_size, self.scale
         top, left = draw(image.lr.shape[1] - size + 1), draw(image.lr.shape[2] - size + 1)
         lr = image.lr[:, top:top + size, left:left + size]
         hr = image.hr[:, top * scale:(top + size) * scale, left * scale:(left + size) * scale]
-        if self.augment:
-            flips = draw(8)
-            if flips & 1:
-                lr, hr = lr.flip(2), hr.flip(2)
-            if flips & 2:
-                lr, hr = lr.flip(1), hr.flip(1)
-            if flips & 4:
-                lr, hr = lr.transpose(1, 2), hr.transpose(1, 2)
-        return lr, hr
+        flips = draw(8) if self.augment else 0
+        return augment(lr, flips), augment(hr, flips), [index, top, left, flips]
+
+
+def augment(images: Tensor, flips: int) -> Tensor:
+    """One of the 8 flips/transposes of square patches (`flips` 0-7: bit 0 mirrors left-right,
+    bit 1 top-bottom, bit 2 transposes, applied in that order) on the last two axes.
+
+    Shared by the patch sampler and the teacher cache, which applies the same operation to the
+    teacher's output on the un-flipped patch.
+    """
+    if flips & 1:
+        images = images.flip(-1)
+    if flips & 2:
+        images = images.flip(-2)
+    if flips & 4:
+        images = images.transpose(-2, -1)
+    return images
 
 
 def patch_loader(batches: PatchBatches, start: int, stop: int, workers: int,

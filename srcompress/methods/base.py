@@ -25,6 +25,29 @@ from srcompress.data.degradation import Degradation, DegradationRandom
 from srcompress.errors import UserInputError
 
 
+class CachedTargets(Protocol):
+    """The teacher's outputs for one batch, read from a teacher-output cache (`--teacher-cache`)
+    instead of running the teacher; each method returns None for a part the cache does not hold,
+    which the method then computes online.
+
+    A cached target is the teacher's output on the whole training image, cropped to the patch and
+    flipped as the patch was: the teacher saw the patch's surroundings, not zero padding.
+    """
+
+    def pairs(self) -> Tensor | None:
+        """T(x) for the LR patches, B×3×(s·h)×(s·h)."""
+
+    def zoom_out_input(self) -> Tensor | None:
+        """x↓, the LR patches shrunk once more (cut from the whole shrunk image), B×3×h/s×h/s."""
+
+    def zoom_out(self) -> Tensor | None:
+        """T(x↓), B×3×h×h."""
+
+    def zoom_in(self, tiles: Tensor) -> Tensor | None:
+        """T(z) for HR tiles `tiles[b, j]` (grid cell row·s + column of patch b), stacked
+        sample-major: (B·n)×3×(s·h)×(s·h)."""
+
+
 @dataclass
 class Batch:
     """Aligned training patches, RGB in [0, 1]: `lr` (B×3×h×h) is the input both networks see,
@@ -34,6 +57,8 @@ class Batch:
     (`Batch.degraded`) `lr` is `hr` degraded on the device, `clean_lr` is the patch's clean
     bicubic LR, and `degrade` turns other clean images at HR scale into inputs like `lr`
     (DUKD's upcycled inputs), continuing the same reproducible random stream.
+
+    `cached` holds the teacher's outputs for the patches when the run has a teacher cache.
     """
 
     lr: Tensor
@@ -41,6 +66,7 @@ class Batch:
     scale: int
     clean_lr: Tensor | None = None
     degrade: Callable[[Tensor], Tensor] | None = None
+    cached: CachedTargets | None = None
 
     @classmethod
     def degraded(cls, clean_lr: Tensor, hr: Tensor, scale: int, degradation: Degradation,
@@ -51,12 +77,13 @@ class Batch:
                 memory_format=_memory_format(images))
 
         return cls(degrade(hr), hr, scale, clean_lr, degrade)
+    cached: CachedTargets | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         clean_lr = (None if self.clean_lr is None
                     else self.clean_lr.to(device, non_blocking=True))
         return Batch(self.lr.to(device, non_blocking=True), self.hr.to(device, non_blocking=True),
-                     self.scale, clean_lr, self.degrade)
+                     self.scale, clean_lr, self.degrade, self.cached)
 
 
 def _memory_format(images: Tensor) -> torch.memory_format:
@@ -131,6 +158,9 @@ class Method(nn.Module):
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = True
     Options: ClassVar[type] = NoOptions
+    # The teacher outputs the method can read from a teacher cache ("pairs", "zoom_out",
+    # "zoom_in"); none for methods that need the teacher's features, which are not cached.
+    cached_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any = None) -> None:
         super().__init__()

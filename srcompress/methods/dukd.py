@@ -149,6 +149,7 @@ class DUKD(Method):
 
     name = "dukd"
     Options = DUKDOptions
+    cached_parts = ("pairs", "zoom_out", "zoom_in")
 
     def upcycle(self, batch: Batch) -> Upcycled:
         """Zoom-in tiles (with their LCR-transformed copies for the student) and zoom-out input."""
@@ -186,8 +187,12 @@ class DUKD(Method):
 
     @staticmethod
     def _zoom_out(batch: Batch) -> tuple[Tensor, Tensor]:
-        """x↓ and its ground truth: the bicubic of x and x itself; on degraded batches the clean
-        LR patch (cropped to a multiple of s) degraded like the pairs, and that clean patch."""
+        """x↓ and its ground truth: the bicubic of x (with a teacher cache, cut from the whole
+        image shrunk once) and x itself; on degraded batches the clean LR patch (cropped to a
+        multiple of s) degraded like the pairs, and that clean patch."""
+        cached = batch.cached.zoom_out_input() if batch.cached is not None else None
+        if cached is not None:
+            return cached, batch.lr
         if batch.degrade is None or batch.clean_lr is None:
             return imresize(batch.lr, scale=1 / batch.scale), batch.lr
         height, width = batch.clean_lr.shape[-2:]
@@ -197,11 +202,18 @@ class DUKD(Method):
 
     def teacher_targets(self, batch: Batch, upcycled: Upcycled,
                         teacher: nn.Module | None) -> list[Tensor]:
-        """[T(x), T(z)] and T(x↓) with zoom-out on, from one `run_teacher` call."""
+        """[T(x), T(z)] and T(x↓) with zoom-out on: read from the teacher cache where it holds
+        them, the others from one `run_teacher` call."""
         inputs = [batch.lr, upcycled.zoom_in]
         if upcycled.zoom_out is not None:
             inputs.append(upcycled.zoom_out)
-        return run_teacher(require_teacher(self.name, teacher), inputs)
+        cached: list[Tensor | None] = [None] * len(inputs)
+        if batch.cached is not None:
+            cached = [batch.cached.pairs(), batch.cached.zoom_in(upcycled.tiles),
+                      batch.cached.zoom_out()][:len(inputs)]
+        missing = [tensor for tensor, target in zip(inputs, cached, strict=True) if target is None]
+        online = iter(run_teacher(require_teacher(self.name, teacher), missing) if missing else [])
+        return [target if target is not None else next(online) for target in cached]
 
     def pair_terms(self, batch: Batch, sr: Tensor, teacher_sr: Tensor) -> dict[str, Tensor]:
         """The KD objective on the original pairs (where `dukd+mkd` adds its feature term)."""

@@ -19,14 +19,19 @@ class KDOptions:
 
 
 class KD(Method):
-    """L = w_rec·ℓ1(S(x), y) + w_kd·ℓ1(S(x), T(x)); one student and one teacher call per step."""
+    """L = w_rec·ℓ1(S(x), y) + w_kd·ℓ1(S(x), T(x)); one student and one teacher call per step
+    (none with a teacher cache)."""
+
+    cached_parts = ("pairs",)
 
     name = "kd"
     Options = KDOptions
 
     def losses(self, batch: Batch, student: nn.Module,
                teacher: nn.Module | None) -> dict[str, Tensor]:
-        (target,) = run_teacher(require_teacher(self.name, teacher), [batch.lr])
+        target = batch.cached.pairs() if batch.cached is not None else None
+        if target is None:
+            (target,) = run_teacher(require_teacher(self.name, teacher), [batch.lr])
         sr = student(batch.lr)
         return {"rec": self.options.w_rec * F.l1_loss(sr, batch.hr),
                 "kd": self.options.w_kd * F.l1_loss(sr, target)}

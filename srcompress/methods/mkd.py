@@ -363,6 +363,8 @@ class DUKDMKD(DUKD):
 
     name = "dukd+mkd"
     Options = DUKDMKDOptions
+    # The KRNet term needs the teacher's features on the pairs, so the teacher runs on them.
+    cached_parts = ("zoom_out", "zoom_in")
 
     def __init__(self, options: DUKDMKDOptions | None = None) -> None:
         super().__init__(options)

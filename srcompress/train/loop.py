@@ -41,10 +41,11 @@ from torch import Tensor, nn
 
 from srcompress.data.degradation import Degradation, DegradationRandom
 from srcompress.data.training import PatchBatches, iteration_seed, patch_loader
-from srcompress.errors import UserInputError
-from srcompress.methods.base import Batch, Method
+from srcompress.errors import UserInputError, WorkFailedError
+from srcompress.methods.base import Batch, CachedTargets, Method
 from srcompress.train.distributed import Distributed
 from srcompress.train.state import RunFolder
+from srcompress.train.teacher_cache import TeacherCacheChanged
 
 ValidationResults = dict[str, dict[str, float]]  # benchmark → {"psnr": .., "ssim": ..}
 SCHEDULES = ("multistep", "cosine")
@@ -180,9 +181,13 @@ class Trainer:
                  validate: Callable[[nn.Module], ValidationResults] | None = None,
                  save_weights: Callable[[str, nn.Module, dict[str, Any]], None] | None = None,
                  reporter: Reporter | None = None,
-                 degradation: Degradation | None = None) -> None:
+                 degradation: Degradation | None = None,
+                 cached_targets: Callable[[Tensor], CachedTargets] | None = None) -> None:
+        """`cached_targets` gives the teacher-cache crops of a batch from its placements (see
+        `PatchBatches`); without it the method runs the teacher online."""
         self.settings = settings
         self.degradation = degradation
+        self.cached_targets = cached_targets
         self.device = device
         self.run = run if place.is_main else None
         self.place = place
@@ -271,8 +276,11 @@ class Trainer:
         with _StopRequest() as stop:
             batches: Iterator[tuple[Tensor, Tensor]] = iter(loader)
             while self.iteration < settings.iters:
-                lr_patches, hr_patches = next(batches)
-                terms = self._iterate(lr_patches, hr_patches)
+                lr_patches, hr_patches, placements = next(batches)
+                try:
+                    terms = self._iterate(lr_patches, hr_patches, placements)
+                except TeacherCacheChanged as failure:
+                    raise self._stopped_by(failure) from None
                 for name, value in terms.items():
                     window.setdefault(name, []).append(value)
                 done = self.iteration
@@ -295,13 +303,16 @@ class Trainer:
         self.reporter.finish()
         return completed
 
-    def _iterate(self, lr_patches: Tensor, hr_patches: Tensor) -> dict[str, float]:
+    def _iterate(self, lr_patches: Tensor, hr_patches: Tensor,
+                 placements: Tensor) -> dict[str, float]:
         settings, iteration = self.settings, self.iteration
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(settings, iteration)
         _seed_everything(iteration_seed(settings.seed, iteration, self.place.rank, stream=1))
         self.method.reseed(iteration_seed(settings.seed, iteration, self.place.rank, stream=2))
         batch = self._batch(self._on_device(lr_patches), self._on_device(hr_patches), iteration)
+        if self.cached_targets is not None:
+            batch.cached = self.cached_targets(placements)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
                     if self.amp_dtype is not None else contextlib.nullcontext())
         try:
@@ -348,6 +359,15 @@ class Trainer:
                 for parameter in group["params"]:
                     if parameter.grad is not None:
                         parameter.grad.mul_(scale)
+
+    def _stopped_by(self, failure: Exception) -> WorkFailedError:
+        """A data source vanished mid-run: the iteration had not changed any state yet, so it is
+        checkpointed and the run can continue once the source is back."""
+        self.save_checkpoint()
+        kept = (f" with a checkpoint: continue with --output {self.run.root} --resume, which "
+                "rebuilds what is missing" if self.run is not None else "")
+        return WorkFailedError(f"{failure}, so training stopped at iteration "
+                               f"{self.iteration}{kept}.")
 
     def _non_finite_error(self, value: float) -> UserInputError:
         kept = (f"the last good checkpoint {self.run.checkpoint} is kept for --resume"

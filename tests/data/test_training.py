@@ -12,6 +12,7 @@ from srcompress.data.images import read_image
 from srcompress.data.resize import imresize
 from srcompress.data.training import (
     PatchBatches,
+    augment,
     load_training_images,
     make_lr,
     patch_loader,
@@ -39,7 +40,7 @@ def test_lr_is_the_rounded_matlab_bicubic_of_the_whole_cropped_image(demo_images
 
 def test_patches_are_aligned_through_flips_and_transposes(demo_images) -> None:
     batches = PatchBatches(demo_images, patch_size=24, batch_size=16, seed=3)
-    lr, hr = batches[5]
+    lr, hr, placements = batches[5]
     assert lr.shape == (16, 3, 24, 24) and hr.shape == (16, 3, 48, 48)
     assert lr.dtype == torch.float32 and lr.min() >= 0 and lr.max() <= 1
     # The bicubic kernel of a x2 reduction spans 8 HR pixels, so LR pixels 2 or more from the
@@ -48,6 +49,11 @@ def test_patches_are_aligned_through_flips_and_transposes(demo_images) -> None:
     assert (shrunk - lr[..., 2:-2, 2:-2]).abs().max() <= 0.5 / 255 + 1e-4
     misaligned = imresize(hr.flip(-1), scale=1 / SCALE)[..., 2:-2, 2:-2]
     assert (misaligned - lr[..., 2:-2, 2:-2]).abs().max() > 10 / 255
+    # Each patch says where it came from: re-cropping its image there and flipping gives it back.
+    assert placements.shape == (16, 4) and len(set(placements[:, 3].tolist())) > 1
+    for patch, (index, top, left, flips) in zip(lr, placements.tolist(), strict=True):
+        source = demo_images.images[index].lr[:, top:top + 24, left:left + 24]
+        assert torch.equal(patch, augment(source, flips).float() / 255)
 
 
 def test_each_iteration_draws_its_own_reproducible_batch(demo_images) -> None:
@@ -61,9 +67,9 @@ def test_each_iteration_draws_its_own_reproducible_batch(demo_images) -> None:
 
 def test_loader_workers_do_not_change_the_data(demo_images) -> None:
     batches = PatchBatches(demo_images, patch_size=16, batch_size=2, seed=1)
-    in_process = [hr for _, hr in patch_loader(batches, 3, 7, workers=0)]
-    with_workers = [hr for _, hr in patch_loader(batches, 3, 7, workers=2)]
-    resumed = [hr for _, hr in patch_loader(batches, 5, 7, workers=0)]
+    in_process = [hr for _, hr, _ in patch_loader(batches, 3, 7, workers=0)]
+    with_workers = [hr for _, hr, _ in patch_loader(batches, 3, 7, workers=2)]
+    resumed = [hr for _, hr, _ in patch_loader(batches, 5, 7, workers=0)]
     assert all(torch.equal(a, b) for a, b in zip(in_process, with_workers, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(in_process[2:], resumed, strict=True))
 
