@@ -9,9 +9,15 @@ docs/results.md (between markers, so other sections of that file are kept) with 
 Runs that already finished in `--output` are read back instead of retrained, and unfinished ones
 are resumed, so a long comparison can be stopped and continued.
 
+A method may be named with ` cached` (and a storage precision, `float16` by default): the run
+then reads the teacher's outputs from a teacher cache in `--output` (built once, in that
+precision) instead of running the teacher, and is compared, paired by seed, with the same method
+run online.
+
     .venv/bin/python benchmarks/distill_small.py --iters 2000 --seeds 0,1,2
     .venv/bin/python benchmarks/distill_small.py --methods scratch,kd,dukd,fitnet,fakd,mkd,dukd+mkd
     .venv/bin/python benchmarks/distill_small.py --train-teacher edsr:num_feat=64,num_block=16
+    .venv/bin/python benchmarks/distill_small.py --methods "kd,dukd,kd cached,dukd cached"
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ import torch
 from results_doc import replace_section, shown_command, shown_path
 
 from srcompress import models
+from srcompress.data.training import load_training_images
 from srcompress.demo import demo_teacher_path
 from srcompress.devices import resolve_device
 from srcompress.evaluation import evaluate
 from srcompress.files import atomic_path
+from srcompress.methods import create_method
 from srcompress.train.distill import distill
 from srcompress.train.loop import Reporter, ValidationResults
+from srcompress.train.teacher_cache import DEFAULT_STORAGE, open_teacher_cache
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SETS = ("Set5", "Set14")
@@ -68,22 +77,42 @@ class Heartbeat(Reporter):
         return (timed[-1] - timed[0]) / (len(timed) - 1)
 
 
-def run_one(arguments: argparse.Namespace, teacher: Path, method: str, seed: int) -> dict:
-    folder = arguments.output / f"{method}-seed{seed}"
+def teacher_cache(arguments: argparse.Namespace, teacher: Path, storage: str) -> Path:
+    """The comparison's teacher cache in `storage` precision, built here the first time (a cache
+    made by `distill` itself is float16)."""
+    folder = arguments.output / f"cache-{storage}"
+    loaded = models.load_model(teacher)
+    data = load_training_images(arguments.train_data, loaded.scale, arguments.patch_size)
+    open_teacher_cache(folder, loaded.module, loaded.arch, loaded.settings, data,
+                       create_method("dukd").cached_parts, arguments.patch_size,
+                       resolve_device(arguments.device), storage=storage, message=print)
+    return folder
+
+
+def run_one(arguments: argparse.Namespace, teacher: Path, variant: str, seed: int,
+            iters: int | None = None) -> dict:
+    """One run of `variant` ("METHOD" or "METHOD cached [STORAGE]"), read back when finished;
+    `iters` other than `--iters` is part of the run's name."""
+    method, *cached = variant.split()
+    iters = iters or arguments.iters
+    label = variant.replace(" ", "-") + (f"-{iters}iters" if iters != arguments.iters else "")
+    folder = arguments.output / f"{label}-seed{seed}"
     summary_path = folder / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    heartbeat = Heartbeat(f"{method} seed {seed}")
+    heartbeat = Heartbeat(f"{label} seed {seed}")
+    cache = (teacher_cache(arguments, teacher, cached[1] if len(cached) > 1 else DEFAULT_STORAGE)
+             if cached else None)
     result = distill(
         teacher, student=arguments.student, method=method, train_data=arguments.train_data,
-        val_benchmarks=list(SETS), data_root=arguments.data_root, iters=arguments.iters,
+        val_benchmarks=list(SETS), data_root=arguments.data_root, iters=iters,
         batch_size=arguments.batch_size, patch_size=arguments.patch_size, lr=arguments.lr,
         schedule=arguments.schedule, seed=seed, workers=arguments.workers,
-        val_every=arguments.iters, save_every=max(1, arguments.iters // 4), output=folder,
+        val_every=iters, save_every=max(1, iters // 4), output=folder,
         resume=(folder / "checkpoints" / "last.pt").exists(), reporter=heartbeat,
-        device=arguments.device)
+        device=arguments.device, teacher_cache=cache)
     final = result.metrics["validations"][-1]["results"]
-    summary = {"method": method, "seed": seed, "results": final,
+    summary = {"method": variant, "seed": seed, "results": final,
                "seconds_per_iter": heartbeat.seconds_per_iteration()}
     with atomic_path(summary_path) as temporary:
         temporary.write_text(json.dumps(summary, indent=2))
@@ -136,9 +165,11 @@ def paired_differences(arguments: argparse.Namespace, runs: list[dict]) -> str:
     """Per-seed PSNR differences between methods: the seeds share data order and initial
     weights, so their spread is much smaller than the spread of each method over seeds."""
     by_key = {(run["method"], run["seed"]): run for run in runs}
-    pairs = [(method, "scratch") for method in arguments.methods if method != "scratch"]
+    pairs = [(method, "scratch") for method in arguments.methods
+             if method != "scratch" and " " not in method]
     if "dukd" in arguments.methods and "kd" in arguments.methods:
         pairs.append(("dukd", "kd"))
+    pairs += [(variant, variant.split()[0]) for variant in arguments.methods if " " in variant]
     lines = []
     for method, baseline in pairs:
         if baseline not in arguments.methods:

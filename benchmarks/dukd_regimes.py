@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import statistics
 import sys
@@ -39,13 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-from distill_small import SETS, SHARED_DATA, Heartbeat
+from distill_small import SETS, SHARED_DATA, Heartbeat, run_one
 from results_doc import replace_section
 
 from srcompress import models
 from srcompress.data.training import load_training_images
+from srcompress.demo import demo_data_folder, demo_teacher_path
 from srcompress.files import atomic_path
-from srcompress.train.distill import demo_data_folder, demo_teacher_path, distill
+from srcompress.train.distill import distill
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -95,58 +95,47 @@ def train_larger_teacher(arguments: argparse.Namespace) -> Path:
 
 
 def passes_per_lr_pixel(regime: Regime, iters: int, arguments: argparse.Namespace) -> float:
+    """iterations × batch × patch² / LR pixels of the training images (as `distill` says it)."""
     data = load_training_images(data_folders(regime), 2, arguments.patch_size)
     pixels = sum(image.lr.shape[1] * image.lr.shape[2] for image in data.images)
     return iters * arguments.batch_size * arguments.patch_size**2 / pixels
 
 
-def run(arguments: argparse.Namespace, regime: Regime, teacher: Path, method: str, iters: int,
-        seed: int, cache: Path | None) -> dict:
-    label = f"{regime.name}-{method}-{iters}{'-cached' if cache else ''}-seed{seed}"
-    folder = arguments.output / "runs" / label
-    summary_path = folder / "summary.json"
-    if summary_path.exists():
-        return json.loads(summary_path.read_text())
-    print(label, flush=True)
-    heartbeat = Heartbeat(label)
-    extra = {"teacher_cache": cache} if cache is not None else {}
-    result = distill(
-        teacher, method=method, train_data=data_folders(regime), val_benchmarks=list(SETS),
-        data_root=arguments.data_root, iters=iters, batch_size=arguments.batch_size,
-        patch_size=arguments.patch_size, lr=arguments.lr, schedule="cosine", seed=seed,
-        workers=arguments.workers, val_every=iters, save_every=max(1, iters // 4), output=folder,
-        resume=(folder / "checkpoints" / "last.pt").exists(), reporter=heartbeat, device="cpu",
-        **extra)
-    summary = {"results": result.metrics["validations"][-1]["results"],
-               "seconds_per_iter": heartbeat.seconds_per_iteration()}
-    with atomic_path(summary_path) as temporary:
-        temporary.write_text(json.dumps(summary, indent=2))
-    return summary
+def regime_arguments(arguments: argparse.Namespace, regime: Regime) -> argparse.Namespace:
+    """The `distill_small.run_one` settings of one regime: its own folder, data and length.
+
+    The regime `foreign-0.2` is exactly distill_small's default comparison, so pointing
+    distill_small's `--output` at that regime's folder shares its runs.
+    """
+    return argparse.Namespace(**{
+        **vars(arguments), "output": arguments.output / regime.name, "iters": regime.iters,
+        "train_data": data_folders(regime), "schedule": "cosine", "device": "cpu",
+        "student": None})
 
 
-def comparisons(arguments: argparse.Namespace, regime: Regime,
-                teacher: Path) -> dict[str, tuple[tuple[str, int, bool], tuple[str, int, bool]]]:
-    """variant → ((method, iters, cached) of dukd, (method, iters, cached) of its kd anchor)."""
+def comparisons(arguments: argparse.Namespace,
+                regime: Regime) -> dict[str, tuple[tuple[str, int], tuple[str, int]]]:
+    """variant → ((variant, iters) of dukd, (variant, iters) of its kd anchor)."""
     n = regime.iters
-    pairs = {"equal-iters": (("dukd", n, False), ("kd", n, False)),
-             "equal-time": (("dukd", n, False), ("kd", round(n * arguments.time_ratio), False)),
-             "cached": (("dukd", n, True), ("kd", round(n * arguments.cached_time_ratio), True))}
+    pairs = {"equal-iters": (("dukd", n), ("kd", n)),
+             "equal-time": (("dukd", n), ("kd", round(n * arguments.time_ratio))),
+             "cached": (("dukd cached", n),
+                        ("kd cached", round(n * arguments.cached_time_ratio)))}
     return {variant: pairs[variant] for variant in arguments.variants}
 
 
 def differences(arguments: argparse.Namespace, regime: Regime, teacher: Path,
-                variant: str) -> dict[str, list[float]] | None:
-    """Per-seed dukd − kd PSNR on each set, or None when a run of it is not done yet."""
-    (method, iters, cached), (anchor, anchor_iters, anchor_cached) = comparisons(
-        arguments, regime, teacher)[variant]
-    cache = arguments.output / "caches" / f"{regime.data}-{regime.teacher}"
+                variant: str) -> dict[str, list[float]]:
+    """Per-seed dukd − kd PSNR on each set."""
+    (first, first_iters), (second, second_iters) = comparisons(arguments, regime)[variant]
+    settings = regime_arguments(arguments, regime)
+    settings.student = models.default_student_spec(models.load_model(teacher))
     deltas: dict[str, list[float]] = {name: [] for name in SETS}
     for seed in arguments.seeds:
-        first = run(arguments, regime, teacher, method, iters, seed, cache if cached else None)
-        second = run(arguments, regime, teacher, anchor, anchor_iters, seed,
-                     cache if anchor_cached else None)
+        ours = run_one(settings, teacher, first, seed, first_iters)
+        anchor = run_one(settings, teacher, second, seed, second_iters)
         for name in SETS:
-            deltas[name].append(first["results"][name]["psnr"] - second["results"][name]["psnr"])
+            deltas[name].append(ours["results"][name]["psnr"] - anchor["results"][name]["psnr"])
     return deltas
 
 
@@ -241,9 +230,7 @@ def main() -> None:
             print(lines[-1], flush=True)
     table = "\n".join(lines)
     plot(arguments.plot, points)
-    teacher_models = {name: models.load_model(teacher_path(arguments, by_name[name]))
-                      for name in arguments.regimes[:1]}
-    student = models.default_student_spec(next(iter(teacher_models.values())))
+    student = models.default_student_spec(models.load_model(demo_teacher_path(2)))
     section = "\n".join([
         "## When DUKD pays (benchmarks/dukd_regimes.py)", "",
         f"x2, teacher edsr 32x4 (demo teacher, or the same architecture trained here for "

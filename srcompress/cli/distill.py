@@ -24,6 +24,10 @@ EXAMPLE = """Examples:
   srcompress distill teacher.safetensors --method kd --student edsr:num_feat=32,num_block=8
 
   srcompress distill teacher.safetensors --output runs/dukd --resume
+
+  srcompress distill teacher.safetensors --teacher-cache runs/cache --train-data photos/
+
+  srcompress distill teacher_x4.safetensors --init runs/x2/student.safetensors
 """
 
 

@@ -8,13 +8,17 @@ the run); the run itself is `srcompress.train.run.run_training` with `DistillJob
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from srcompress.data.training import TrainingImages
 from srcompress.errors import UserInputError
 from srcompress.methods import METHODS, Method
+from srcompress.methods.base import CachedTargets
 from srcompress.models import (
     LoadedModel,
     build_model,
@@ -22,9 +26,16 @@ from srcompress.models import (
     load_model,
     model_task,
 )
+from srcompress.train.distributed import Distributed
 from srcompress.train.loop import Reporter
 from srcompress.train.run import Job, RunResult, run_training, task_defaults
-from srcompress.train.settings import Resume, TrainingSettings, setting
+from srcompress.train.settings import Resume, TrainingSettings, absolute_path, setting
+from srcompress.train.teacher_cache import open_teacher_cache, require_cacheable
+from srcompress.train.warm_start import WarmStart, warm_start
+
+# From docs/results.md ("When DUKD pays"): below this many passes per LR pixel dukd measured no
+# better than kd at equal iterations, at about twice kd's cost per iteration.
+DUKD_MIN_PASSES = 1.0
 
 
 @dataclass
@@ -44,6 +55,15 @@ class DistillSettings(TrainingSettings):
     output: Path | None = setting(
         None, resume=Resume.CHANGES,
         help="Run folder (default: runs/<teacher-stem>-<method>-<date>).")
+    teacher_cache: Path | None = setting(
+        None, metavar="DIR", normalise=absolute_path,
+        help="Store the teacher's outputs on the training images here once (built if missing, "
+        "reused by runs with the same teacher, images and scale) and train kd/dukd from them "
+        "instead of running the teacher every step.")
+    init: Path | None = setting(
+        None, metavar="CHECKPOINT", normalise=absolute_path, resume=Resume.KEPT,
+        help="Start the student from these weights (layers of matching name and shape; the "
+        "upsampler is re-initialised when the scale differs).")
 
     COMMAND: typing.ClassVar[str] = "distill"
 
@@ -87,13 +107,18 @@ def distill(
     log_every: int | None = None,
     config: str | Path | None = None,
     reporter: Reporter | None = None,
+    teacher_cache: str | Path | None = None,
+    init: str | Path | None = None,
 ) -> DistillResult:
     """Distill `teacher` into `student` (a SPEC; default about 1/10 of the teacher's cost).
 
     Every argument left as None takes its value from `config` (a TOML file) or the defaults of
-    `DistillSettings`. Returns when the run finishes or is stopped by Ctrl-C (`completed` False;
-    the checkpoint in the run folder continues it with `resume=True`). Raises `UserInputError`
-    for bad inputs.
+    `DistillSettings`. `teacher_cache` is a folder where the teacher's outputs on the training
+    images are stored once and read back instead of running the teacher
+    (`srcompress.train.teacher_cache`); `init` a checkpoint the student starts from
+    (`srcompress.train.warm_start`). Returns when the run finishes or is stopped by Ctrl-C
+    (`completed` False; the checkpoint in the run folder continues it with `resume=True`). Raises
+    `UserInputError` for bad inputs.
     """
     given = DistillSettings.from_arguments(locals())
     if config is not None:
@@ -123,7 +148,10 @@ class DistillJob(Job[DistillSettings]):
             settings.teacher = settings.teacher.resolve()
         if teacher is not None:
             self.warnings = task_defaults(settings, model_task(teacher), "teacher")
+        self.loaded_teacher = teacher
         self.teacher = teacher.module if teacher is not None else None
+        self.method = method
+        self.warm: WarmStart | None = None
 
     @staticmethod
     def _load_teacher(settings: DistillSettings, needed: bool) -> LoadedModel | None:
@@ -138,7 +166,46 @@ class DistillJob(Job[DistillSettings]):
         return None
 
     def student(self, settings: DistillSettings) -> LoadedModel:
-        return build_model(settings.student, settings.scale)
+        student = build_model(settings.student, settings.scale)
+        if settings.init is not None:
+            self.warm = warm_start(student.module, student.arch, settings.scale, settings.init)
+        return student
+
+    def cached_targets(self, settings: DistillSettings, data: TrainingImages,
+                       device: torch.device, place: Distributed, reporter: Reporter | None
+                       ) -> tuple[Callable[[torch.Tensor], CachedTargets] | None, str]:
+        """With --teacher-cache: the cache opened (and built where parts are missing) for the
+        parts the method reads, and what it holds, for the run's first line."""
+        if settings.teacher_cache is None or self.loaded_teacher is None:
+            return None, ""
+        wanted = [part for part in self.method.cached_parts
+                  if part != "zoom_out" or getattr(self.method.options, "zoom_out", False)]
+        if not wanted:
+            raise UserInputError(
+                f"--method {settings.method} reads the teacher's features, which a teacher cache "
+                "does not hold: drop --teacher-cache, or use --method kd or dukd.")
+        teacher = self.loaded_teacher
+        plan = open_teacher_cache(
+            settings.teacher_cache, teacher.module, teacher.arch, teacher.settings, data, wanted,
+            settings.patch_size, device, place,
+            message=reporter.message if reporter is not None else lambda text: None,
+            progress=(lambda done, total: reporter.preparing("teacher cache", done, total))
+            if reporter is not None else None)
+        patch_size, parts = settings.patch_size, plan.used
+
+        def crops(placements: torch.Tensor) -> CachedTargets:
+            return plan.cache.batch(placements, patch_size, parts, device)
+
+        return crops, plan.describe()
+
+    def notes(self, settings: DistillSettings, passes: float) -> list[str]:
+        notes = [self.warm.describe()] if self.warm is not None else []
+        if settings.method.startswith("dukd") and passes < DUKD_MIN_PASSES:
+            notes.append(
+                f"Hint: at {passes:.2g} passes per LR pixel dukd measured no better than kd, at "
+                "about twice its cost per iteration (docs/results.md, When DUKD pays); "
+                "--method kd, or more --iters, may serve you better.")
+        return notes
 
     def output_name(self, settings: DistillSettings) -> str:
         stem = settings.teacher.stem if settings.teacher is not None else "student"

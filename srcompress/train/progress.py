@@ -56,6 +56,7 @@ class RichReporter(Reporter):
             TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console,
             transient=False, refresh_per_second=4)
         self.task: TaskID | None = None
+        self.preparation: dict[str, TaskID] = {}
         self.last_validation = ""
 
     def start(self, total: int, done: int) -> None:
@@ -72,6 +73,13 @@ class RichReporter(Reporter):
 
     def validated(self, iteration: int, results: ValidationResults) -> None:
         self.last_validation = f" | val {_validation_text(results)}"
+
+    def preparing(self, description: str, done: int, total: int) -> None:
+        if description not in self.preparation:
+            self.progress.start()
+            self.preparation[description] = self.progress.add_task(
+                description, total=total, completed=done, status="", speed="")
+        self.progress.update(self.preparation[description], completed=done)
 
     def message(self, text: str) -> None:
         self.progress.console.print(text)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from srcompress.data.benchmarks import find_benchmark
 from srcompress.data.degradation import (
@@ -38,11 +38,17 @@ from srcompress.data.degradation import (
     degradation_setting,
     resolve_degradation,
 )
-from srcompress.data.training import PatchBatches, load_training_images, memory_bytes
+from srcompress.data.training import (
+    PatchBatches,
+    TrainingImages,
+    load_training_images,
+    memory_bytes,
+)
 from srcompress.demo import demo_data_folder
 from srcompress.devices import resolve_device
 from srcompress.evaluation import evaluate
 from srcompress.methods import Method, create_method
+from srcompress.methods.base import CachedTargets
 from srcompress.models import LoadedModel, Task, save_model
 from srcompress.train import distributed
 from srcompress.train.distributed import Distributed
@@ -95,6 +101,17 @@ class Job(ABC, Generic[Settings]):
                         device: torch.device) -> None:
         """Prepares a new run's model on its first batches (not on resume); nothing by default."""
 
+    def cached_targets(self, settings: Settings, data: TrainingImages, device: torch.device,
+                       place: Distributed, reporter: Reporter | None
+                       ) -> tuple[Callable[[Tensor], CachedTargets] | None, str]:
+        """Where the method reads teacher outputs from instead of running the teacher (given a
+        batch's placements), and what that is, for the run's first line; none by default."""
+        return None, ""
+
+    def notes(self, settings: Settings, passes: float) -> list[str]:
+        """Lines printed after the run's first line (`passes`: per LR pixel); none by default."""
+        return []
+
     @abstractmethod
     def weights_metadata(self, settings: Settings) -> dict[str, Any]:
         """The metadata written in the weights files, besides architecture, metrics and seed."""
@@ -133,26 +150,33 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
                            rank=place.rank)
     try:
         open_run_folder(run, place, resume, settings.config_toml())
-        if reporter is not None and place.is_main:
+        speaking = reporter if place.is_main else None
+        cached_targets, cached = job.cached_targets(settings, data, device, place, speaking)
+        if speaking is not None:
             if data.skipped:
-                reporter.message(f"Skipped {len(data.skipped)} training image(s) smaller than "
+                speaking.message(f"Skipped {len(data.skipped)} training image(s) smaller than "
                                  f"one patch: {', '.join(data.skipped)}.")
             for warning in job.warnings:
-                reporter.message(f"Warning: {warning}")
-            reporter.message(
+                speaking.message(f"Warning: {warning}")
+            passes = passes_per_lr_pixel(settings, data, place.world_size)
+            speaking.message(
                 f"{len(data.images)} training images ({memory_bytes(data) / 2**20:.0f} MiB in "
-                f"memory), {degradation.name} inputs, {job.summary(settings)}, method "
-                f"{settings.method}, output {run.root}")
+                f"memory, {passes:.2g} passes per LR pixel), {degradation.name} inputs, "
+                f"{job.summary(settings)}, method {settings.method}, output {run.root}"
+                + (f"; {cached}" if cached else ""))
             if degradation.name != BicubicDegradation.name and validate is not None:
-                reporter.message(
+                speaking.message(
                     f"Note: validation on {', '.join(settings.val_benchmarks)} uses those "
                     "benchmarks' own LR inputs; to validate on the real-world task, pass "
                     "--val-benchmark with a set made by `srcompress datasets degrade`.")
+            for note in job.notes(settings, passes):
+                speaking.message(note)
         if not resume:
             job.before_training(settings, student.module, batches, device)
         trainer = Trainer(student.module, job.teacher, method, batches, settings.loop_settings(),
                           device, run, place, validate=validate, save_weights=save_weights,
-                          reporter=reporter, degradation=on_device_degradation(degradation))
+                          reporter=reporter, degradation=on_device_degradation(degradation),
+                          cached_targets=cached_targets)
         completed = train_to_end(trainer, run, place, resume, save_weights)
     finally:
         distributed.teardown(place)
@@ -183,6 +207,17 @@ def on_device_degradation(degradation: Degradation) -> Degradation | None:
     """The degradation the trainer applies to HR patches, or None when the data's own bicubic LR
     patches are the inputs (the classical task, bit-identical to runs before degradations)."""
     return None if isinstance(degradation, BicubicDegradation) else degradation
+
+
+def passes_per_lr_pixel(settings: TrainingSettings, data: TrainingImages,
+                        world_size: int = 1) -> float:
+    """How often training visits each LR pixel: iterations × batch × patch² / LR pixels.
+
+    The DUKD paper's budget (DIV2K, 250k iterations, batch 16, patch 48) is about 17 at x2 and 67
+    at x4; whether DUKD beats kd depends on it (docs/results.md, "When DUKD pays").
+    """
+    pixels = sum(image.lr.shape[1] * image.lr.shape[2] for image in data.images)
+    return settings.iters * settings.batch_size * world_size * settings.patch_size**2 / pixels
 
 
 def validator(settings: TrainingSettings, scale: int,

@@ -87,7 +87,7 @@ def setting(default: Any, *, help: str | None = None, flag: str | None = None,
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _absolute(path: Path | None) -> Path | None:
+def absolute_path(path: Path | None) -> Path | None:
     return None if path is None else path.resolve()
 
 
@@ -116,7 +116,7 @@ class TrainingSettings:
         5000, resume=Resume.CHANGES,
         help="Iterations between validations (default: 5000, and at the end).")
     data_root: Path | None = setting(
-        None, resume=Resume.CHANGES, normalise=_absolute,
+        None, resume=Resume.CHANGES, normalise=absolute_path,
         help="Where benchmarks live (default: $SRCOMPRESS_DATA, else "
         "~/.cache/srcompress/datasets).")
     scale: int | None = setting(None, help="Upscaling factor.")

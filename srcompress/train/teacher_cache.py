@@ -361,7 +361,12 @@ def open_teacher_cache(folder: str | Path, teacher: nn.Module, arch: str, settin
                 f"{PART_NAMES[missing[0]]} part but the disk has {_gb(max(budget, 0))} "
                 "to spare: free some space, pass a --teacher-cache folder on a larger disk, or "
                 "drop --teacher-cache.")
-        if build and place.is_main:
+        if build and not place.is_main:
+            raise WorkFailedError(
+                f"Process {place.rank} found no {PART_NAMES[build[0]]} part in the teacher cache "
+                f"{folder} after rank 0 built it: check that every process sees the same folder "
+                "(a shared file system).")
+        if build:
             total = sum(layout.part_bytes(part, itemsize) for part in build)
             message(f"Building the teacher cache in {folder}: "
                     f"{', '.join(PART_NAMES[part] for part in build)} of {len(data.images)} "

@@ -13,8 +13,8 @@ import torch
 from srcompress import models
 from srcompress.data.resize import imresize
 from srcompress.data.training import PatchBatches, augment, load_training_images
+from srcompress.demo import demo_data_folder
 from srcompress.errors import UserInputError
-from srcompress.train.distill import demo_data_folder
 from srcompress.train.teacher_cache import (
     PARTS,
     TeacherCacheChanged,
