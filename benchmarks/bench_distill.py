@@ -172,7 +172,7 @@ def main() -> None:
     if any(variant.endswith("cached") for variant in chosen):
         if arguments.cache is None:
             parser.error("the cached variants need --cache DIR")
-        open_cache(arguments, "dukd", rank_device(arguments.device))  # built before timing
+        open_cache(arguments, "dukd", resolve_device(arguments.device))  # built before timing
     rounds: dict[str, list[dict[str, float]]] = {variant: [] for variant in chosen}
     for round_number in range(arguments.rounds):
         for variant in chosen:
