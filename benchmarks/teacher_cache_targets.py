@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 
 from srcompress import models
 from srcompress.data.training import PatchBatches, augment, load_training_images
-from srcompress.train.distill import demo_data_folder, demo_teacher_path
+from srcompress.demo import demo_data_folder, demo_teacher_path
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,10 +94,11 @@ def main() -> None:
                 memmap[offsets[i]:offsets[i + 1]].reshape(zoom_in[i].shape)[
                     :, t:t + size, x:x + size])) for i, t, x in wanted])
 
+        handle = safe_open(str(Path(folder) / "zoom_in.safetensors"), "pt")
+
         def with_safetensors() -> torch.Tensor:
-            with safe_open(str(Path(folder) / "zoom_in.safetensors"), "pt") as handle:
-                return torch.stack([handle.get_slice(str(i))[:, t:t + size, x:x + size]
-                                    for i, t, x in wanted])
+            return torch.stack([handle.get_slice(str(i))[:, t:t + size, x:x + size]
+                                for i, t, x in wanted])
 
         assert torch.equal(with_numpy(), with_safetensors())
         times: dict[str, list[float]] = {"numpy memmap": [], "safetensors get_slice": []}
@@ -110,6 +111,7 @@ def main() -> None:
                 times[name].append((time.perf_counter() - started) / 20)
         shown = ", ".join(f"{name} {statistics.median(values) * 1e3:.3f} ms"
                           for name, values in times.items())
+        del handle
         print(f"4. reading 16 zoom-in targets of {size}x{size} (float16), median of "
               f"{arguments.rounds} interleaved rounds: {shown}")
 
