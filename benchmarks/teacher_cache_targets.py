@@ -111,7 +111,6 @@ def main() -> None:
                 times[name].append((time.perf_counter() - started) / 20)
         shown = ", ".join(f"{name} {statistics.median(values) * 1e3:.3f} ms"
                           for name, values in times.items())
-        del handle
         print(f"4. reading 16 zoom-in targets of {size}x{size} (float16), median of "
               f"{arguments.rounds} interleaved rounds: {shown}")
 
