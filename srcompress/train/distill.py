@@ -150,8 +150,15 @@ class DistillJob(Job[DistillSettings]):
             self.warnings = task_defaults(settings, model_task(teacher), "teacher")
         self.loaded_teacher = teacher
         self.teacher = teacher.module if teacher is not None else None
-        self.method = method
         self.warm: WarmStart | None = None
+        self.cached_parts = [part for part in method.cached_parts
+                             if part != "zoom_out" or getattr(method.options, "zoom_out", False)]
+        if settings.teacher_cache is not None and (not self.cached_parts or teacher is None):
+            reads = ("reads the teacher's features, which a teacher cache does not hold"
+                     if method.needs_teacher else "has no teacher")
+            raise UserInputError(
+                f"--method {settings.method} {reads}: drop --teacher-cache, or use --method kd "
+                "or dukd.")
 
     @staticmethod
     def _load_teacher(settings: DistillSettings, needed: bool) -> LoadedModel | None:
@@ -176,17 +183,13 @@ class DistillJob(Job[DistillSettings]):
                        ) -> tuple[Callable[[torch.Tensor], CachedTargets] | None, str]:
         """With --teacher-cache: the cache opened (and built where parts are missing) for the
         parts the method reads, and what it holds, for the run's first line."""
-        if settings.teacher_cache is None or self.loaded_teacher is None:
+        if settings.teacher_cache is None:
             return None, ""
-        wanted = [part for part in self.method.cached_parts
-                  if part != "zoom_out" or getattr(self.method.options, "zoom_out", False)]
-        if not wanted:
-            raise UserInputError(
-                f"--method {settings.method} reads the teacher's features, which a teacher cache "
-                "does not hold: drop --teacher-cache, or use --method kd or dukd.")
         teacher = self.loaded_teacher
+        assert teacher is not None  # checked by `load`
         plan = open_teacher_cache(
-            settings.teacher_cache, teacher.module, teacher.arch, teacher.settings, data, wanted,
+            settings.teacher_cache, teacher.module, teacher.arch, teacher.settings, data,
+            self.cached_parts,
             settings.patch_size, device, place,
             message=reporter.message if reporter is not None else lambda text: None,
             progress=(lambda done, total: reporter.preparing("teacher cache", done, total))

@@ -102,6 +102,11 @@ def test_a_method_that_reads_teacher_features_refuses_the_cache(tiny_teacher: Pa
     assert result.exit_code == 2
     assert "--method fitnet reads the teacher's features, which a teacher cache does not hold" \
         in result.stderr
+    result = cli("distill", "--scale", 2, *tiny_run, "--iters", 2, "--method", "scratch",
+                 "--teacher-cache", tmp_path / "cache", "--output", tmp_path / "scratch")
+    assert result.exit_code == 2
+    assert "--method scratch has no teacher: drop --teacher-cache" in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "scratch").exists()
 
 
 def test_warm_start_from_x2_loads_all_but_the_upsampler(tmp_path: Path) -> None:
