@@ -135,6 +135,11 @@ class PlainReporter(Reporter):
         self._print(f"{self.description} {iteration}/{self.total} | validation "
                     f"{_validation_text(results)}")
 
+    def preparing(self, description: str, done: int, total: int) -> None:
+        if done == total or self.clock() - self.window_start[1] >= self.interval:
+            self._print(f"{description} {done}/{total}")
+            self.window_start = (self.iteration, self.clock())
+
     def message(self, text: str) -> None:
         self._print(text)
 

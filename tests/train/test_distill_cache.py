@@ -159,6 +159,7 @@ def test_torchrun_ranks_share_one_cache_built_by_rank_0(tiny_teacher: Path, tiny
     assert finished.returncode == 0, finished.stderr[-3000:]
     output = finished.stdout + finished.stderr
     assert output.count("Building the teacher cache") == 1
+    assert output.count("teacher cache 9/9") == 1  # 3 images x 3 parts, as a line in a log
     assert sorted(path.name for path in cache.iterdir()) == [
         ".lock", "manifest.json", "pairs.npy", "zoom_in.npy", "zoom_out.npy",
         "zoom_out_inputs.npy"]
