@@ -89,18 +89,22 @@ def teacher_cache(arguments: argparse.Namespace, teacher: Path, storage: str) ->
     return folder
 
 
+def run_label(arguments: argparse.Namespace, variant: str, iters: int) -> str:
+    """The run folder's name without the seed: the variant, and its length if not `--iters`."""
+    return variant.replace(" ", "-") + (f"-{iters}iters" if iters != arguments.iters else "")
+
+
 def run_one(arguments: argparse.Namespace, teacher: Path, variant: str, seed: int,
             iters: int | None = None) -> dict:
     """One run of `variant` ("METHOD" or "METHOD cached [STORAGE]"), read back when finished;
     `iters` other than `--iters` is part of the run's name."""
     method, *cached = variant.split()
     iters = iters or arguments.iters
-    label = variant.replace(" ", "-") + (f"-{iters}iters" if iters != arguments.iters else "")
-    folder = arguments.output / f"{label}-seed{seed}"
+    folder = arguments.output / f"{run_label(arguments, variant, iters)}-seed{seed}"
     summary_path = folder / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
-    heartbeat = Heartbeat(f"{label} seed {seed}")
+    heartbeat = Heartbeat(f"{folder.name}")
     cache = (teacher_cache(arguments, teacher, cached[1] if len(cached) > 1 else DEFAULT_STORAGE)
              if cached else None)
     result = distill(

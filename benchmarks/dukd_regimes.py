@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-from distill_small import SETS, SHARED_DATA, Heartbeat, run_one
-from results_doc import replace_section
+from distill_small import SETS, SHARED_DATA, Heartbeat, run_label, run_one
+from results_doc import replace_section, shown_command
 
 from srcompress import models
 from srcompress.data.training import load_training_images
@@ -132,6 +131,11 @@ def differences(arguments: argparse.Namespace, regime: Regime, teacher: Path,
     settings.student = models.default_student_spec(models.load_model(teacher))
     deltas: dict[str, list[float]] = {name: [] for name in SETS}
     for seed in arguments.seeds:
+        if arguments.report_only and not all(
+                (settings.output / f"{label}-seed{seed}" / "summary.json").exists()
+                for label in (run_label(settings, first, first_iters),
+                              run_label(settings, second, second_iters))):
+            continue
         ours = run_one(settings, teacher, first, seed, first_iters)
         anchor = run_one(settings, teacher, second, seed, second_iters)
         for name in SETS:
@@ -195,6 +199,8 @@ def main() -> None:
     parser.add_argument("--cached-time-ratio", type=float, default=2.0,
                         help="the same ratio with both reading the teacher cache")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: tabulate the seeds whose runs have finished")
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA / "benchmarks")
     parser.add_argument("--output", type=Path, default=Path("runs/dukd_regimes"))
     parser.add_argument("--results", type=Path, default=REPOSITORY / "docs" / "results.md")
@@ -205,7 +211,7 @@ def main() -> None:
         set(arguments.variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown regime or variant {unknown[0]}")
-    command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
+    command = shown_command(["python", *sys.argv])
 
     arguments.larger_teacher = None
     if any(by_name[name].teacher == "larger" for name in arguments.regimes):
@@ -219,6 +225,8 @@ def main() -> None:
             regime = by_name[name]
             teacher = teacher_path(arguments, regime)
             deltas = differences(arguments, regime, teacher, variant)
+            if not deltas["Set5"]:
+                continue
             passes = passes_per_lr_pixel(regime, regime.iters, arguments)
             images = "3 demo images" if regime.data == "demo" else "80 photos"
             lines.append(f"| {name} | {images} | {regime.meaning.split(', ')[1]} | "

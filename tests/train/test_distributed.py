@@ -132,7 +132,7 @@ def test_every_step_uses_the_mean_of_the_ranks_gradients(recorded: list[dict],
             with torch.no_grad():
                 for parameter, value in zip(parameters, weights, strict=True):
                     parameter.copy_(value)
-            lr, hr = batches[rank][iteration]
+            lr, hr, _ = batches[rank][iteration]
             sum(method.losses(Batch(lr, hr, 2), student, teacher).values()).backward()
             local.append([parameter.grad for parameter in parameters])
         assert not torch.allclose(local[0][-1], local[1][-1], rtol=0.1)  # an adapter's gradient
