@@ -159,6 +159,9 @@ class DistillJob(Job[DistillSettings]):
             raise UserInputError(
                 f"--method {settings.method} {reads}: drop --teacher-cache, or use --method kd "
                 "or dukd.")
+        if settings.teacher_cache is not None and settings.degradation is not None:
+            require_cacheable(settings.degradation if isinstance(settings.degradation, str)
+                              else "(Real-ESRGAN settings)")
 
     @staticmethod
     def _load_teacher(settings: DistillSettings, needed: bool) -> LoadedModel | None:
@@ -189,8 +192,8 @@ class DistillJob(Job[DistillSettings]):
         assert teacher is not None  # checked by `load`
         plan = open_teacher_cache(
             settings.teacher_cache, teacher.module, teacher.arch, teacher.settings, data,
-            self.cached_parts,
-            settings.patch_size, device, place,
+            self.cached_parts, settings.patch_size, device, place,
+            degradation=str(settings.degradation or "bicubic"),
             message=reporter.message if reporter is not None else lambda text: None,
             progress=(lambda done, total: reporter.preparing("teacher cache", done, total))
             if reporter is not None else None)
