@@ -249,7 +249,8 @@ def main() -> None:
         "then `tie` when the mean is within one spread of zero. equal-time gives kd "
         f"{arguments.time_ratio}× the iterations, cached {arguments.cached_time_ratio}×.", "",
         table, "", f"![dukd − kd against passes per LR pixel]({arguments.plot.name})", "",
-        f"Command ({datetime.date.today().isoformat()}):", "", "```", command, "```"])
+        *([] if arguments.report_only else [
+            f"Command ({datetime.date.today().isoformat()}):", "", "```", command, "```"])])
     replace_section(arguments.results, "dukd_regimes", section)
     print(f"\n{table}\n\nwrote {arguments.results} and {arguments.plot}")
 
