@@ -239,7 +239,7 @@ class QuantizeJob(Job[QuantizeSettings]):
         degradation = on_device_degradation(resolve_degradation(settings.degradation))
 
         def inputs(iteration: int) -> torch.Tensor:
-            lr, hr = batches[iteration]
+            lr, hr, _ = batches[iteration]
             return training_batch(lr.to(device), hr.to(device), batches.scale, degradation,
                                   settings.seed, iteration, batches.rank).lr
 

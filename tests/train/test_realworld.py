@@ -40,7 +40,8 @@ TINY = {"student": "edsr:num_feat=8,num_block=1", "batch_size": 2, "patch_size":
 @pytest.fixture(scope="module")
 def patches() -> tuple[torch.Tensor, torch.Tensor]:
     data = load_training_images([demo_data_folder()], 2, 16)
-    return PatchBatches(data, 16, 3, seed=0)[0]
+    lr, hr, _ = PatchBatches(data, 16, 3, seed=0)[0]
+    return lr, hr
 
 
 def test_pairs_are_the_hr_patches_degraded_from_seed_iteration_and_rank(patches) -> None:
