@@ -52,10 +52,15 @@ def _load_pair(pair: ImagePair, scale: int, crop_border: int) -> tuple[Tensor, T
     """Ground truth cropped to a multiple of `scale`, and the LR input that belongs to it."""
     hr = read_image(pair.hr_path)
     height, width = hr.shape[1] // scale * scale, hr.shape[2] // scale * scale
-    if min(height, width) - 2 * crop_border < _SSIM_WINDOW:
+    if min(height, width) < _SSIM_WINDOW + 2 * min(crop_border, scale):
         raise UserInputError(
             f"{pair.hr_path} ({hr.shape[1]}x{hr.shape[2]}) is too small to evaluate at x{scale} "
             f"with a {crop_border}-pixel border crop; remove it from the benchmark folder.")
+    if min(height, width) - 2 * crop_border < _SSIM_WINDOW:
+        raise UserInputError(
+            f"--crop-border {crop_border} leaves less than {_SSIM_WINDOW} pixels of "
+            f"{pair.hr_path} ({hr.shape[1]}x{hr.shape[2]}) to measure: use a smaller "
+            "--crop-border.")
     hr = hr[:, :height, :width]
     if pair.lr_path is None:
         return hr, quantise(imresize(hr, scale=1 / scale))
@@ -184,7 +189,8 @@ def evaluate(model: object, benchmarks: Sequence[str | os.PathLike[str]] | str,
              save_images: str | os.PathLike[str] | None = None,
              no_reference: bool = False, reference_model: object | None = None,
              with_niqe: bool = False,
-             progress: ProgressCallback | None = None) -> dict[str, Any]:
+             progress: ProgressCallback | None = None,
+             memory_budget: int | None = None) -> dict[str, Any]:
     """PSNR/SSIM of `model` (any MODEL kind, a module, or a runner) on each benchmark.
 
     `no_reference` scores without ground truth: NIQE of the outputs, on the benchmark's LR
@@ -194,10 +200,13 @@ def evaluate(model: object, benchmarks: Sequence[str | os.PathLike[str]] | str,
     than one NIQE block are left out of the NIQE mean and listed in `niqe_skipped`.
 
     Every benchmark is located before any image is processed, so a missing one fails at once.
-    `progress(benchmark, done, total)` is called after each image.
+    `progress(benchmark, done, total)` is called after each image. An image too large for the
+    memory budget is tiled (see `srcompress.inference`), which can move its PSNR by a little
+    where tile seams fall; benchmark images at usual model sizes never are.
     """
     runner = make_runner(model, scale=scale, device=device, fp16=fp16, tile=tile,
-                         tile_pad=tile_pad, self_ensemble=self_ensemble, arch=arch)
+                         tile_pad=tile_pad, self_ensemble=self_ensemble, arch=arch,
+                         memory_budget=memory_budget)
     scale = runner.scale
     crop_border = scale if crop_border is None else crop_border
     if crop_border < 0:
@@ -214,7 +223,7 @@ def evaluate(model: object, benchmarks: Sequence[str | os.PathLike[str]] | str,
                    and os.fspath(reference_model).lower() != "bicubic")
         reference = make_runner(reference_model, scale=None if is_file else scale, device=device,
                                 fp16=fp16, tile=tile, tile_pad=tile_pad,
-                                self_ensemble=self_ensemble)
+                                self_ensemble=self_ensemble, memory_budget=memory_budget)
         if reference.scale != scale:
             raise UserInputError(
                 f"The reference model {reference.name} upscales x{reference.scale} but the model "

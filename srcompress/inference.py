@@ -4,8 +4,11 @@ A runner maps a `1×3×h×w` LR tensor in [0, 1] to its `1×3×sh×sw` SR tensor
 knows its `scale` and display `name`. Runners of networks share the same machinery for large
 images: tiles with an overlapping margin (`tile_pad`) of which only the un-padded centre is kept,
 so a margin that covers the network's receptive field gives the same result as the whole image;
-on CUDA out-of-memory the tile is halved and the image retried. Self-ensemble (x8) averages the
-network over the four rotations with and without a flip, each mapped back.
+on CUDA out-of-memory the tile is halved and the image retried. Without `--tile`, an image whose
+estimated activations would not fit the memory budget (`memory_budget`, default half the memory
+the device has available) is tiled automatically, with tiles sized to fit it; between tiles Python
+gets control back, so Ctrl-C stops a long image within a tile's time. Self-ensemble (x8) averages
+the network over the four rotations with and without a flip, each mapped back.
 
 `make_runner` turns a MODEL argument into a runner. File kinds other than checkpoints register a
 factory in `FILE_RUNNERS` by suffix (the ONNX runner adds `.onnx` there; a `NetworkRunner`
@@ -14,6 +17,7 @@ subclass gets tiling and self-ensemble for free). `upscale` runs one over image 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +35,12 @@ from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.models import LoadedModel, load_model
 
 _SMALLEST_TILE = 16
+# Activation memory of a whole forward pass, as a multiple of its largest single intermediate
+# tensor: a residual network holds its input, the skip connection and the output of a layer at
+# once; three covers the convolutional and transformer architectures we run (see
+# `TorchRunner.activation_bytes_per_pixel`).
+_LIVE_TENSORS = 3
+_PROBE_SIDE = 32
 
 
 @runtime_checkable
@@ -54,6 +64,21 @@ class RunnerOptions:
     tile_pad: int = 10
     self_ensemble: bool = False
     arch: str | None = None
+    memory_budget: int | None = None
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes the device can still give: free CUDA memory, or the system's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _ensemble_transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
@@ -80,20 +105,43 @@ class NetworkRunner:
     """
 
     def __init__(self, scale: int, name: str, device: torch.device, tile: int | None = None,
-                 tile_pad: int = 10, self_ensemble: bool = False) -> None:
+                 tile_pad: int = 10, self_ensemble: bool = False,
+                 memory_budget: int | None = None) -> None:
         if tile is not None and tile < 1:
             raise UserInputError(f"--tile must be a positive number of pixels, got {tile}.")
         if tile_pad < 0:
             raise UserInputError(f"--tile-pad must be zero or more pixels, got {tile_pad}.")
+        if memory_budget is not None and memory_budget < 1:
+            raise UserInputError(
+                f"--memory-budget must be a positive amount, got {memory_budget} bytes.")
         self.scale = scale
         self.name = name
         self.device = device
         self.tile = tile
         self.tile_pad = tile_pad
         self.self_ensemble = self_ensemble
+        self.memory_budget = memory_budget
+        self.last_tile: int | None = None  # the tile size the last image ran with, None: whole
 
     def _forward(self, lr: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def activation_bytes_per_pixel(self) -> float | None:
+        """Estimated peak activation bytes per input pixel of one forward pass; None: unknown
+        (then images are tiled only when `tile` is given)."""
+        return None
+
+    def tile_for_budget(self, height: int, width: int) -> int | None:
+        """The tile side that keeps a forward pass within the memory budget; None when the
+        whole `height`x`width` image fits (or the cost is unknown)."""
+        per_pixel = self.activation_bytes_per_pixel()
+        if per_pixel is None:
+            return None
+        budget = self.memory_budget or available_memory(self.device) // 2
+        if height * width * per_pixel <= budget:
+            return None
+        padded_side = int(math.sqrt(budget / per_pixel))
+        return max(_SMALLEST_TILE, padded_side - 2 * self.tile_pad)
 
     def __call__(self, lr: Tensor) -> Tensor:
         if lr.dim() != 4 or lr.shape[1] != 3:
@@ -109,7 +157,7 @@ class NetworkRunner:
         return total / 8
 
     def _run_with_retries(self, lr: Tensor) -> Tensor:
-        tile = self.tile
+        tile = self.tile or self.tile_for_budget(*lr.shape[-2:])
         while True:
             try:
                 output = self._run_tiled(lr, tile) if tile else self._forward(lr)
@@ -123,8 +171,9 @@ class NetworkRunner:
                         f"{self.name} runs out of memory on {self.device} even with "
                         f"{_SMALLEST_TILE}-pixel tiles; use a smaller model or --device cpu."
                     ) from None
-        # Later images of the same run start from the tile size that worked.
-        self.tile = tile
+                # Later images of the same run start from the tile size that worked.
+                self.tile = tile
+        self.last_tile = tile
         expected = (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
         if tuple(output.shape[-2:]) != expected or output.shape[:2] != lr.shape[:2]:
             raise UserInputError(
@@ -161,12 +210,13 @@ class TorchRunner(NetworkRunner):
     def __init__(self, module: nn.Module, scale: int, device: str | torch.device = "auto",
                  fp16: bool = False, tile: int | None = None, tile_pad: int = 10,
                  self_ensemble: bool = False, name: str | None = None,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, memory_budget: int | None = None) -> None:
         resolved = resolve_device(device)
         if fp16 and resolved.type != "cuda":
             raise UserInputError("--fp16 needs a CUDA device; drop it or use --device cuda.")
         super().__init__(scale, name or type(module).__name__, resolved, tile, tile_pad,
-                         self_ensemble)
+                         self_ensemble, memory_budget)
+        self._bytes_per_pixel: float | None = None
         self.module = module.to(resolved)
         self.fp16 = fp16
         if fp16:
@@ -183,6 +233,34 @@ class TorchRunner(NetworkRunner):
                 return super().__call__(lr)
         finally:
             self.module.train(was_training)
+
+    def activation_bytes_per_pixel(self) -> float:
+        """Measured once on a small probe: the largest tensor any submodule outputs, per input
+        pixel, times `_LIVE_TENSORS` (activations grow linearly with the pixels; the weights are
+        already in memory). Hooks see every module, so attention maps count too."""
+        if self._bytes_per_pixel is None:
+            largest = 0
+
+            def record(module: nn.Module, inputs: object, output: object) -> None:
+                nonlocal largest
+                tensors = output if isinstance(output, tuple | list) else (output,)
+                for tensor in tensors:
+                    if isinstance(tensor, Tensor):
+                        largest = max(largest, tensor.numel() * tensor.element_size())
+
+            hooks = [module.register_forward_hook(record) for module in self.module.modules()]
+            was_training = self.module.training
+            self.module.eval()
+            try:
+                probe = torch.zeros(1, 3, _PROBE_SIDE, _PROBE_SIDE, device=self.device)
+                with torch.inference_mode():
+                    self._forward(probe)
+            finally:
+                self.module.train(was_training)
+                for hook in hooks:
+                    hook.remove()
+            self._bytes_per_pixel = _LIVE_TENSORS * largest / _PROBE_SIDE**2
+        return self._bytes_per_pixel
 
     def _forward(self, lr: Tensor) -> Tensor:
         if self.fp16:
@@ -221,18 +299,20 @@ def _torch_runner(module: nn.Module, scale: int, options: RunnerOptions, name: s
                   owned: bool = False) -> TorchRunner:
     return TorchRunner(module, scale, options.device, fp16=options.fp16, tile=options.tile,
                        tile_pad=options.tile_pad, self_ensemble=options.self_ensemble, name=name,
-                       channels_last=owned)
+                       channels_last=owned, memory_budget=options.memory_budget)
 
 
 def make_runner(model: object, scale: int | None = None, device: str = "auto", fp16: bool = False,
                 tile: int | None = None, tile_pad: int = 10, self_ensemble: bool = False,
-                arch: str | None = None) -> Runner:
+                arch: str | None = None, memory_budget: int | None = None) -> Runner:
     """A runner for any MODEL: `bicubic`, a model file, a `LoadedModel`, a module or a runner.
 
     A plain `nn.Module` needs `scale` unless it has an integer `scale` attribute; for model files
-    `scale`, when given, must match the model's.
+    `scale`, when given, must match the model's. `memory_budget` (bytes; default half of what the
+    device has available) sizes automatic tiles when `tile` is not given.
     """
-    options = RunnerOptions(scale, device, fp16, tile, tile_pad, self_ensemble, arch)
+    options = RunnerOptions(scale, device, fp16, tile, tile_pad, self_ensemble, arch,
+                            memory_budget)
     return _make_runner(model, options)
 
 
@@ -276,6 +356,29 @@ class UpscaledImage:
     output_size: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class FailedImage:
+    """An input `upscale` could not process, and the one sentence that says why."""
+
+    source: Path
+    reason: str
+
+
+class SomeImagesFailed(WorkFailedError):
+    """`upscale` processed every input but some failed; `done` and `failed` say which."""
+
+    def __init__(self, done: list[UpscaledImage], failed: list[FailedImage],
+                 folder: Path) -> None:
+        total = len(done) + len(failed)
+        names = ", ".join(str(failure.source) for failure in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        super().__init__(
+            f"{len(failed)} of {total} images could not be upscaled ({names}{more}); the other "
+            f"{len(done)} are in {folder}.")
+        self.done = done
+        self.failed = failed
+
+
 def _collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Every image named by `inputs` (files, or folders of images), checked before any work."""
     files: list[Path] = []
@@ -296,16 +399,21 @@ def upscale(model: object, inputs: Sequence[str | os.PathLike[str]],
             output: str | os.PathLike[str], scale: int | None = None, device: str = "auto",
             fp16: bool = False, tile: int | None = None, tile_pad: int = 10,
             self_ensemble: bool = False, arch: str | None = None,
-            progress: Callable[[int, int], None] | None = None) -> list[UpscaledImage]:
+            progress: Callable[[int, int], None] | None = None,
+            memory_budget: int | None = None, fail_fast: bool = False,
+            on_failure: Callable[[FailedImage], None] | None = None) -> list[UpscaledImage]:
     """Super-resolve image files and folders into `output/<stem>_x<s>.png`.
 
     The `_x<s>` suffix keeps outputs from ever replacing their inputs when `output` is the input
-    folder. Each result is written atomically as soon as it is ready, so a failure on a later
-    image keeps the earlier ones.
+    folder. Each result is written atomically as soon as it is ready. An image that cannot be
+    read or run (corrupt, too large, out of memory) does not stop the others: `on_failure` hears
+    of it at once, and `SomeImagesFailed` is raised at the end, carrying the results. With
+    `fail_fast`, the first such failure is raised at once, saying what was and was not done.
     """
     files = _collect_inputs(inputs)
     runner = make_runner(model, scale=scale, device=device, fp16=fp16, tile=tile,
-                         tile_pad=tile_pad, self_ensemble=self_ensemble, arch=arch)
+                         tile_pad=tile_pad, self_ensemble=self_ensemble, arch=arch,
+                         memory_budget=memory_budget)
     folder = Path(output)
     targets = [folder / f"{path.stem}_x{runner.scale}.png" for path in files]
     clashes = sorted({target.name for target in targets if targets.count(target) > 1})
@@ -313,15 +421,29 @@ def upscale(model: object, inputs: Sequence[str | os.PathLike[str]],
         raise UserInputError(
             f"Several inputs would be written to the same output ({', '.join(clashes)}): "
             "upscale them into separate -o folders.")
-    done = []
+    done: list[UpscaledImage] = []
+    failed: list[FailedImage] = []
     for index, (path, target) in enumerate(zip(files, targets, strict=True)):
-        lr = read_image(path)
-        sr = runner(lr[None])[0]
-        write_image(target, sr)
-        done.append(UpscaledImage(path, target, (lr.shape[1], lr.shape[2]),
-                                  (sr.shape[1], sr.shape[2])))
+        try:
+            lr = read_image(path)
+            sr = runner(lr[None])[0]
+        except (UserInputError, WorkFailedError) as error:
+            if fail_fast:
+                later = len(files) - index - 1
+                raise type(error)(f"{error} Stopped there (--fail-fast): {len(done)} earlier "
+                                  f"output(s) are in {folder}, {later} later image(s) were not "
+                                  "processed.") from None
+            failed.append(FailedImage(path, str(error)))
+            if on_failure is not None:
+                on_failure(failed[-1])
+        else:
+            write_image(target, sr)
+            done.append(UpscaledImage(path, target, (lr.shape[1], lr.shape[2]),
+                                      (sr.shape[1], sr.shape[2])))
         if progress:
             progress(index + 1, len(files))
+    if failed:
+        raise SomeImagesFailed(done, failed, folder)
     return done
 
 

@@ -33,7 +33,9 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
 
     def run(*args: object) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["srcompress", *map(str, args)])
-        monkeypatch.delenv("SRCOMPRESS_DEBUG", raising=False)
+        for name in ("SRCOMPRESS_DEBUG", "SRCOMPRESS_MAX_PIXELS"):  # global options set these
+            monkeypatch.setenv(name, "")  # (set first so that the test's end restores them)
+            monkeypatch.delenv(name)
         try:
             main()
             code = 0

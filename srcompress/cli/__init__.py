@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from srcompress._version import __version__
 from srcompress.cli.common import console, error_console
+from srcompress.data.images import DEFAULT_MAX_PIXELS, MAX_PIXELS_VARIABLE
 from srcompress.errors import SRCompressError
 
 # `srcompress --help` lists the commands in the order of the job, then the helpers.
@@ -54,9 +55,15 @@ def _global_options(
     version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
                                  help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks on errors."),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", metavar="N", min=1,
+        help=f"Refuse images of more than N pixels (default: {DEFAULT_MAX_PIXELS}, i.e. "
+        f"8192x8192, or ${MAX_PIXELS_VARIABLE}); guards against decompression bombs."),
 ) -> None:
     if debug:
         os.environ["SRCOMPRESS_DEBUG"] = "1"
+    if max_pixels is not None:  # read by every image read of this process and its workers
+        os.environ[MAX_PIXELS_VARIABLE] = str(max_pixels)
 
 
 from srcompress.cli import datasets as _datasets  # noqa: E402, F401

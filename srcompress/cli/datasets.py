@@ -17,7 +17,12 @@ from rich.table import Table
 
 from srcompress.cli import app
 from srcompress.cli.common import JSON_OPTION, console, emit_json, error_console, human_output
-from srcompress.data.benchmarks import default_data_root, fetch, installed_benchmarks
+from srcompress.data.benchmarks import (
+    ArchiveLimits,
+    default_data_root,
+    fetch,
+    installed_benchmarks,
+)
 from srcompress.data.degradation import resolve_degradation
 from srcompress.data.synthetic import degrade_benchmark
 
@@ -44,12 +49,19 @@ def fetch_command(
                                       help="Expected sha256 of the archive."),
     no_verify: bool = typer.Option(False, "--no-verify",
                                    help="Install even without a checksum to check against."),
+    max_expanded_gib: float = typer.Option(
+        ArchiveLimits.max_bytes / 2**30, "--max-expanded-gib", min=0,
+        help="Refuse archives that would unpack to more than this many GiB."),
+    max_ratio: float = typer.Option(
+        ArchiveLimits.max_ratio, "--max-ratio", min=1,
+        help="Refuse archives that would unpack to more than this many times their size."),
     json_path: str | None = JSON_OPTION,
 ) -> None:
     """Download a benchmark's public archive, verify it, and install it safely.
 
     Nothing is unpacked before the checksum matches.
     Entries that would land outside the target folder are refused.
+    Archives that would expand past --max-expanded-gib or --max-ratio are refused unpacked.
     The set appears under the data root only when complete.
     """
     shown = console if human_output(json_path) else error_console
@@ -57,7 +69,9 @@ def fetch_command(
                   TransferSpeedColumn(), TimeRemainingColumn(), console=shown,
                   transient=True) as bar:
         task = bar.add_task(name, total=None)
+        limits = ArchiveLimits(int(max_expanded_gib * 2**30), max_ratio)
         result = fetch(name, data_root, url=url, sha256=sha256, verify=not no_verify,
+                       limits=limits,
                        progress=lambda done, total: bar.update(task, completed=done,
                                                                total=total))
     if human_output(json_path):

@@ -47,6 +47,7 @@ def evaluate_command(
     device: str = inference_flags.DEVICE_OPTION,
     fp16: bool = inference_flags.FP16_OPTION,
     arch: str | None = inference_flags.ARCH_OPTION,
+    memory_budget: float | None = inference_flags.MEMORY_BUDGET_OPTION,
     save_images: Path | None = typer.Option(
         None, "--save-images", metavar="DIR",
         help="Write SR outputs and bicubic | model | ground-truth comparison crops here."),
@@ -85,7 +86,8 @@ def evaluate_command(
                           tile_pad=tile_pad, self_ensemble=self_ensemble, device=device,
                           fp16=fp16, arch=arch, save_images=save_images,
                           no_reference=no_reference, reference_model=reference_model,
-                          with_niqe=with_niqe, progress=advance)
+                          with_niqe=with_niqe, progress=advance,
+                          memory_budget=inference_flags.memory_budget_bytes(memory_budget))
     for result in report["results"]:
         if result["niqe_skipped"]:
             error_console.print(

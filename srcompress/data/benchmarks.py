@@ -13,7 +13,10 @@ users already have their sets in one of them:
 `fetch` downloads a public archive, checks its sha256 before anything is unpacked, refuses
 entries that would land outside the target (`..`, absolute paths, links) and installs atomically:
 everything is unpacked into a temporary folder inside the data root and renamed into place last,
-so an interrupted or refused fetch leaves nothing half-written. We record a checksum only when we
+so an interrupted or refused fetch leaves nothing half-written. Before anything is unpacked, the
+sizes the archive declares are added up: an archive that would expand past `ArchiveLimits`
+(20 GiB, or 100 times its own size; both overridable) or past the free space of the data root is
+refused, so a small hostile archive cannot fill the disk. We record a checksum only when we
 know it for certain; for the other archives the user passes `--sha256` (the value published by
 the archive's source) or explicitly accepts an unverified download, and is shown its checksum.
 """
@@ -29,6 +32,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,6 +45,17 @@ _CHUNK_BYTES = 1 << 20
 _EDSR_BENCHMARK_ARCHIVE = "https://cv.snu.ac.kr/research/EDSR/benchmark.tar"
 
 ProgressCallback = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How far a fetched archive may expand. The defaults pass every benchmark archive we know
+    (the largest, DIV2K's validation set, unpacks to about 0.5 GiB at a ratio near 1: its PNGs are
+    compressed already) with a wide margin, and stop decompression bombs, whose ratio is in the
+    thousands."""
+
+    max_bytes: int = 20 * 2**30
+    max_ratio: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -274,52 +289,83 @@ def _download(url: str, destination: Path, progress: ProgressCallback | None) ->
     return digest.hexdigest()
 
 
-def _check_member_name(archive: Path, name: str) -> PurePosixPath:
+def _check_member_name(url: str, name: str) -> PurePosixPath:
     """Refuse archive entry names that would write outside the extraction folder."""
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise UserInputError(
-            f"Archive {archive.name} has an unsafe entry {name!r} (it would be written outside "
+            f"The archive from {url} has an unsafe entry {name!r} (it would be written outside "
             "the target folder); nothing was installed.")
     return path
 
 
-def _extract_zip(archive: Path, target: Path) -> None:
+def _check_expanded_size(archive: Path, url: str, expanded: int, limits: ArchiveLimits) -> None:
+    """Refuse, before writing anything, an archive whose entries add up to too much."""
+    packed = max(archive.stat().st_size, 1)
+    gib = expanded / 2**30
+    if expanded > limits.max_bytes:
+        raise UserInputError(
+            f"The archive from {url} would expand to {gib:.1f} GiB, above the limit of "
+            f"{limits.max_bytes / 2**30:.1f} GiB; nothing was installed (raise it with "
+            "--max-expanded-gib if you trust this archive).")
+    if expanded / packed > limits.max_ratio:
+        raise UserInputError(
+            f"The archive from {url} would expand {expanded / packed:.0f} times, from "
+            f"{packed / 2**20:.1f} MiB to {gib:.1f} GiB, above the limit of {limits.max_ratio:g} "
+            "times (a decompression bomb?); nothing was installed (raise it with --max-ratio if "
+            "you trust this archive).")
+    free = shutil.disk_usage(archive.parent).free
+    if expanded > free:
+        raise WorkFailedError(
+            f"The archive from {url} expands to {gib:.1f} GiB but only {free / 2**30:.1f} GiB "
+            f"is free where it would be installed ({archive.parent.parent}); free some space or "
+            "use another --data-root. Nothing was installed.")
+
+
+def _extract_zip(archive: Path, target: Path, url: str, limits: ArchiveLimits) -> None:
     with zipfile.ZipFile(archive) as bundle:
         members = bundle.infolist()
         for member in members:
-            _check_member_name(archive, member.filename)
+            _check_member_name(url, member.filename)
             if stat.S_ISLNK(member.external_attr >> 16):
                 raise UserInputError(
-                    f"Archive {archive.name} has a link entry {member.filename!r}, which is not "
+                    f"The archive from {url} has a link entry {member.filename!r}, which is not "
                     "allowed; nothing was installed.")
+        # zipfile stops reading an entry at its declared size, so the declared sizes bound it.
+        _check_expanded_size(archive, url, sum(member.file_size for member in members), limits)
         for member in members:
             bundle.extract(member, target)
 
 
-def _extract_tar(archive: Path, target: Path) -> None:
+def _extract_tar(archive: Path, target: Path, url: str, limits: ArchiveLimits) -> None:
     with tarfile.open(archive) as bundle:
         members = bundle.getmembers()
         for member in members:
-            _check_member_name(archive, member.name)
+            _check_member_name(url, member.name)
             if not (member.isfile() or member.isdir()):
                 raise UserInputError(
-                    f"Archive {archive.name} has a link or special entry {member.name!r}, which "
+                    f"The archive from {url} has a link or special entry {member.name!r}, which "
                     "is not allowed; nothing was installed.")
+        _check_expanded_size(archive, url, sum(member.size for member in members), limits)
         bundle.extractall(target, members=members, filter="data")
 
 
-def _extract(archive: Path, target: Path, url: str) -> None:
+def _extract(archive: Path, target: Path, url: str, limits: ArchiveLimits) -> None:
     try:
         if zipfile.is_zipfile(archive):
-            _extract_zip(archive, target)
+            _extract_zip(archive, target, url, limits)
         elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, target)
+            _extract_tar(archive, target, url, limits)
         else:
             raise UserInputError(f"{url} is not a zip or tar archive; nothing was installed.")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, ValueError,
+            NotImplementedError, zlib.error) as error:
         raise UserInputError(f"The archive from {url} is corrupt ({error}); nothing was "
                              "installed.") from None
+    except OSError as error:
+        raise WorkFailedError(
+            f"Unpacking the archive from {url} into {target.parent.parent} failed "
+            f"({error.strerror or error}); nothing was installed.") from None
 
 
 def _dataset_folder(extracted: Path, archive_folder: str | None) -> Path:
@@ -353,12 +399,14 @@ class FetchResult:
 
 def fetch(name: str, data_root: str | os.PathLike[str] | None = None, url: str | None = None,
           sha256: str | None = None, verify: bool = True,
-          progress: ProgressCallback | None = None) -> FetchResult:
+          progress: ProgressCallback | None = None,
+          limits: ArchiveLimits = ArchiveLimits()) -> FetchResult:
     """Download and install benchmark `name` into `data_root/<name>`, verified and atomically.
 
     `url` replaces the registry's address (a mirror, or a set with no public archive); `sha256`
     replaces or supplies the expected checksum. Without any known checksum the download is refused
-    unless `verify=False`, so an unverified archive is never installed by accident.
+    unless `verify=False`, so an unverified archive is never installed by accident. An archive
+    that would expand past `limits` is refused before anything is unpacked.
     """
     entry = lookup(name)
     if entry is None:
@@ -387,7 +435,7 @@ def fetch(name: str, data_root: str | os.PathLike[str] | None = None, url: str |
                 "nothing was installed.")
         extracted = workspace / "extracted"
         extracted.mkdir()
-        _extract(archive, extracted, source)
+        _extract(archive, extracted, source, limits)
         dataset = _dataset_folder(extracted, entry.archive_folder)
         _check_has_images(dataset, source)
         os.replace(dataset, target)

@@ -13,7 +13,11 @@ Everything becomes a 3×H×W float32 tensor in [0, 1]:
 - EXIF orientation is ignored: benchmark and training images never rely on it, and rotating would
   misalign an HR image with an LR file made from its stored pixels.
 
-Files that are not images, or are corrupt, raise `UserInputError` naming the file.
+Files that are not images, or are corrupt, raise `UserInputError` naming the file. So do images
+whose header claims more pixels than `max_pixels` (`DEFAULT_MAX_PIXELS`, or the environment's
+`SRCOMPRESS_MAX_PIXELS`, which `srcompress --max-pixels` sets): a few hundred bytes of PNG can
+claim 100000x100000 pixels, and decoding them would take hundreds of gigabytes. The size is read
+from the header before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -41,6 +45,27 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_BIT_DEPTH_OFFSET = 24  # signature (8) + IHDR length and type (8) + width and height (8)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
+MAX_PIXELS_VARIABLE = "SRCOMPRESS_MAX_PIXELS"
+# 8192x8192: above the largest camera photographs (~100 MP sensors aside), and already a 1-gigapixel
+# result at x4; larger inputs are almost always a mistake or a decompression bomb.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """`max_pixels`, else `$SRCOMPRESS_MAX_PIXELS`, else `DEFAULT_MAX_PIXELS`."""
+    if max_pixels is not None:
+        return max_pixels
+    configured = os.environ.get(MAX_PIXELS_VARIABLE, "")
+    return int(configured) if configured.isdigit() else DEFAULT_MAX_PIXELS
+
+
+def _check_size(path: Path, width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise UserInputError(
+            f"{path} is {width}x{height} ({width * height:,} pixels), above the limit of "
+            f"{limit:,} pixels: pass `srcompress --max-pixels N` (before the command) to allow "
+            "larger images.")
+
 
 def _drop_alpha(channels: Tensor, opaque: float, path: Path) -> Tensor:
     """Colour channels of a C×H×W integer tensor whose last channel is alpha."""
@@ -60,9 +85,10 @@ def _to_rgb_float(channels: Tensor, peak: float, path: Path) -> Tensor:
     return image.contiguous()
 
 
-def _read_png16(path: Path, data: bytes) -> Tensor:
+def _read_png16(path: Path, data: bytes, limit: int) -> Tensor:
     try:
         width, height, rows, info = png.Reader(bytes=data).asDirect()
+        _check_size(path, width, height, limit)
         pixels = np.vstack([np.asarray(row, dtype=np.int32) for row in rows])
     except (png.Error, ValueError, zlib.error) as error:
         raise UserInputError(f"{path} is not a readable PNG image ({error}).") from None
@@ -71,9 +97,21 @@ def _read_png16(path: Path, data: bytes) -> Tensor:
     return _to_rgb_float(channels, float(2 ** info["bitdepth"] - 1), path)
 
 
-def _read_with_pillow(path: Path, data: bytes) -> Tensor:
+def _open_unbounded(data: bytes) -> Image.Image:
+    """Open lazily (header only) without Pillow's own bomb limit: ours is checked on the size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _read_with_pillow(path: Path, data: bytes, limit: int) -> Tensor:
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open_unbounded(data) as image:
+            _check_size(path, *image.size, limit)
             image.load()
             if image.mode in _SIXTEEN_BIT_MODES:
                 grey = np.asarray(image, dtype=np.uint16).astype(np.int32)
@@ -87,23 +125,33 @@ def _read_with_pillow(path: Path, data: bytes) -> Tensor:
                 channels = torch.from_numpy(np.array(rgba)).permute(2, 0, 1).to(torch.int32)
                 return _to_rgb_float(channels, 255.0, path)
             rgb = np.array(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        # Pillow's message names its BytesIO buffer, not the file: say it in our words instead.
+        raise UserInputError(f"{path} is not an image file Pillow can identify "
+                             f"({', '.join(sorted(IMAGE_EXTENSIONS))}).") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise UserInputError(f"{path} is not a readable image ({error}).") from None
     return _to_rgb_float(torch.from_numpy(rgb).permute(2, 0, 1), 255.0, path)
 
 
-def read_image(path: str | os.PathLike[str]) -> Tensor:
-    """Read an image file as a 3×H×W float32 RGB tensor in [0, 1] (policy in the module doc)."""
+def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Tensor:
+    """Read an image file as a 3×H×W float32 RGB tensor in [0, 1] (policy in the module doc).
+
+    Images of more than `max_pixels` pixels are refused (default: `pixel_limit()`).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UserInputError(f"Image {path} does not exist.") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{path} is a folder, not an image file.") from None
     except OSError as error:
         raise UserInputError(f"Cannot read image {path} ({error.strerror}).") from None
+    limit = pixel_limit(max_pixels)
     if data.startswith(_PNG_SIGNATURE) and data[_PNG_BIT_DEPTH_OFFSET:][:1] == b"\x10":
-        return _read_png16(path, data)
-    return _read_with_pillow(path, data)
+        return _read_png16(path, data, limit)
+    return _read_with_pillow(path, data, limit)
 
 
 def to_uint8(image: Tensor) -> NDArray[np.uint8]:

@@ -85,6 +85,9 @@ def load_training_images(folders: Sequence[str | Path], scale: int,
 
 
 def _read_folder(folder: Path, scale: int) -> list[TrainingImage]:
+    if folder.is_file():
+        raise UserInputError(f"--train-data {folder} is a file: pass the folder that holds the "
+                             "training images.")
     if not folder.is_dir():
         raise UserInputError(
             f"The training data folder {folder} does not exist: check --train-data.")

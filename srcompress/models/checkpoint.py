@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from srcompress._version import __version__
 from srcompress.errors import UserInputError
-from srcompress.files import atomic_path
+from srcompress.files import write_bytes_atomically
 from srcompress.models.registry import (
     Detection,
     StateDict,
@@ -60,6 +61,9 @@ class LoadedModel:
 def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, str]]:
     """The tensors of a checkpoint file (unwrapped, `module.` stripped) and its metadata."""
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{path} is a folder, not a model file: name the checkpoint in it "
+                             "(e.g. student.safetensors of a run folder).")
     if not path.is_file():
         raise UserInputError(f"Model file {path} does not exist.")
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -69,8 +73,24 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, 
     if path.stat().st_size == 0:
         raise UserInputError(f"Model file {path} is empty.")
     if path.suffix.lower() == ".safetensors":
-        return _read_safetensors(path)
-    return _unwrap(_read_pickle(path), path), {}
+        state, metadata = _read_safetensors(path)
+    else:
+        state, metadata = _unwrap(_read_pickle(path), path), {}
+    _check_finite(state, path)
+    return state, metadata
+
+
+def _check_finite(state: StateDict, path: Path) -> None:
+    """Refuse weights holding NaN or infinity: such a model runs, and gives black images and
+    meaningless PSNRs with no error, so it is stopped at the door, naming the tensor."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = tensor[~torch.isfinite(tensor)]
+            kind = "NaN" if bool(bad.isnan().any()) else "infinite"
+            raise UserInputError(
+                f"{path} holds {kind} values in its weights (first in '{key}', {bad.numel()} of "
+                f"{tensor.numel()}), so it cannot give meaningful results: use a checkpoint "
+                "saved before training diverged.")
 
 
 def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
@@ -87,7 +107,10 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
 
 def _read_pickle(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing; our sentence says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise UserInputError(
             f"Refused to load {path}: it contains Python objects beyond plain weights, which could "
@@ -233,6 +256,6 @@ def save_model(path: str | os.PathLike[str], model: LoadedModel, **metadata: Any
     encoded[FORMAT_KEY] = FORMAT_VERSION
     tensors = {key: value.detach().to("cpu").contiguous().clone()
                for key, value in model.module.state_dict().items()}
-    with atomic_path(path) as temporary:
-        safetensors.torch.save_file(tensors, str(temporary), metadata=encoded)
+    # Serialised in memory and written by Python, so a full disk fails as an OSError we name.
+    write_bytes_atomically(path, safetensors.torch.save(tensors, metadata=encoded))
     return path

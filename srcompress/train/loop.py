@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from srcompress.data.degradation import Degradation, DegradationRandom
 from srcompress.data.training import PatchBatches, iteration_seed, patch_loader
 from srcompress.errors import UserInputError, WorkFailedError
+from srcompress.files import DiskFullError
 from srcompress.methods.base import Batch, CachedTargets, Method
 from srcompress.train.distributed import Distributed
 from srcompress.train.state import RunFolder
@@ -219,6 +220,7 @@ class Trainer:
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.iteration = 0
+        self.saved_iteration: int | None = None  # of the checkpoint in the run folder
         self.record = RunRecord()
         self.tensorboard = self._open_tensorboard()
 
@@ -243,6 +245,7 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.iteration = int(state["iteration"])
+        self.saved_iteration = self.iteration
         self.student.load_state_dict(state["student"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.module.load_state_dict(state["ema"])
@@ -255,14 +258,30 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         if self.run is not None:
-            self.run.save_checkpoint(self.state())
+            with self.naming_last_checkpoint():
+                self.run.save_checkpoint(self.state())
+            self.saved_iteration = self.iteration
         self._write_metrics()
 
     def _write_metrics(self) -> None:
         """Replaces metrics.json (atomically) whenever the record grows, so a run can be watched
         from outside while it trains, not only read when it ends."""
         if self.run is not None:
-            self.run.write_metrics(self.record.as_dict(self.iteration))
+            with self.naming_last_checkpoint():
+                self.run.write_metrics(self.record.as_dict(self.iteration))
+
+    @contextlib.contextmanager
+    def naming_last_checkpoint(self) -> Iterator[None]:
+        """A full disk stops the run; its message says which checkpoint is still whole."""
+        try:
+            yield
+        except DiskFullError as error:
+            if self.run is not None and self.saved_iteration is not None:
+                kept = (f"the last good checkpoint is {self.run.checkpoint} (iteration "
+                        f"{self.saved_iteration}): free some space and continue with --resume")
+            else:
+                kept = "no checkpoint had been written yet: free some space and start again"
+            raise DiskFullError(f"{error} Training stopped; {kept}.", error.path) from None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -406,7 +425,8 @@ class Trainer:
         if self.record.best is None or mean_psnr > self.record.best["mean_psnr"]:
             self.record.best = entry
             if self.save_weights is not None and self.run is not None:
-                self.save_weights(str(self.run.best), module, {"iteration": done, **entry})
+                with self.naming_last_checkpoint():
+                    self.save_weights(str(self.run.best), module, {"iteration": done, **entry})
         self._write_metrics()
         if self.tensorboard is not None:
             for benchmark, result in results.items():

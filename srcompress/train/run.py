@@ -274,7 +274,8 @@ def train_to_end(trainer: Trainer, run: RunFolder, place: Distributed, resume: b
         trainer.close()
     if completed and place.is_main:
         last = trainer.record.validations[-1] if trainer.record.validations else {}
-        save_weights(str(run.weights), trainer.final_module,
-                     {"iteration": trainer.iteration, **last})
+        with trainer.naming_last_checkpoint():
+            save_weights(str(run.weights), trainer.final_module,
+                         {"iteration": trainer.iteration, **last})
     place.barrier()
     return completed

@@ -20,6 +20,7 @@ only tensors, numbers, strings, lists and dicts, so loading one never runs code.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from srcompress.errors import UserInputError
-from srcompress.files import atomic_path
+from srcompress.files import atomic_path, is_partial_file, make_folder, write_bytes_atomically
 
 CHECKPOINT_FORMAT = "srcompress-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -60,14 +61,15 @@ class RunFolder:
             raise UserInputError(
                 f"The output folder {self.root} already holds a run: pass --resume to continue it "
                 "or choose another --output.")
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_folder(self.root, "--output")
         self.remove_partial_files()
 
     def remove_partial_files(self) -> None:
+        """Delete the temporary files a killed write left; only srcompress's own name pattern."""
         for folder in (self.root, self.checkpoint.parent):
             if folder.is_dir():
                 for path in folder.iterdir():
-                    if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    if is_partial_file(path) and path.is_file():
                         path.unlink(missing_ok=True)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
@@ -78,8 +80,9 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
-        with atomic_path(self.checkpoint) as temporary:
-            torch.save(payload, temporary)
+        buffer = io.BytesIO()  # serialised first: a full disk then fails as an OSError we name
+        torch.save(payload, buffer)
+        write_bytes_atomically(self.checkpoint, buffer.getbuffer())
 
     def load_checkpoint(self) -> dict[str, Any]:
         try:
