@@ -25,7 +25,7 @@ def build_model(spec: str, scale: int) -> LoadedModel:
             f"Student spec '{spec}' is for scale x{parsed.scale} but the run is x{scale}; "
             "drop scale= from the spec or change --scale."
         )
-    module = get_architecture(parsed.arch).build(parsed.settings, scale)
+    module = get_architecture(parsed.arch).build(parsed.settings, scale, f"'{spec}'")
     return LoadedModel(module, parsed.arch, dict(parsed.settings), scale, {}, spec)
 
 

@@ -152,6 +152,8 @@ def load_model(source: str | os.PathLike[str], arch: str | None = None,
     state, metadata = read_state_dict(source)
     if metadata.get(FORMAT_KEY):
         loaded = _from_metadata(state, metadata, source)
+        if arch is not None:
+            _check_override_agrees(arch, loaded, source)
     else:
         loaded = _from_detection(state, arch, source)
     loaded.module.eval()
@@ -171,27 +173,70 @@ def _decode_metadata(metadata: dict[str, str]) -> dict[str, Any]:
 
 def _from_metadata(state: StateDict, metadata: dict[str, str], source: Any) -> LoadedModel:
     decoded = _decode_metadata(metadata)
-    try:
-        arch_name, settings = decoded["architecture"], decoded["settings"]
-        scale = int(decoded["scale"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise UserInputError(f"{source} has incomplete srcompress metadata ({error}).") from error
-    module = get_architecture(arch_name).build(settings, scale)
+    arch_name, settings, scale = (decoded.get("architecture"), decoded.get("settings"),
+                                  decoded.get("scale"))
+    if not (isinstance(arch_name, str) and isinstance(settings, dict)
+            and isinstance(scale, int) and not isinstance(scale, bool) and 2 <= scale <= 8):
+        raise UserInputError(
+            f"{source} has incomplete or invalid srcompress metadata (architecture "
+            f"{arch_name!r}, scale {scale!r}); it may have been edited or damaged.")
+    module = get_architecture(arch_name).build(settings, scale, f"the metadata of {source}")
     if decoded.get("quant"):
-        module = restore_quantization(module, decoded["quant"])
+        try:
+            module = restore_quantization(module, decoded["quant"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            raise UserInputError(f"{source} has quantization metadata srcompress cannot read "
+                                 f"({type(error).__name__}: {error}).") from None
     _load_weights(module, state, source, arch_name)
     return LoadedModel(module, arch_name, settings, scale, decoded, str(source))
 
 
+def _check_override_agrees(arch_spec: str, loaded: LoadedModel, source: Any) -> None:
+    """`--arch` on a file srcompress wrote may only repeat what its metadata says: the metadata
+    rebuilt the model, so a different SPEC would be silently ignored otherwise."""
+    spec = parse_spec(arch_spec)
+    differs = [f"{key}={value}" for key, value in spec.given.items()
+               if loaded.settings.get(key) != value]
+    if spec.arch != loaded.arch or differs or spec.scale not in (None, loaded.scale):
+        wanted = f" ({', '.join(differs)})" if differs and spec.arch == loaded.arch else ""
+        raise UserInputError(
+            f"--arch {arch_spec}{wanted} contradicts {source}, which srcompress wrote as "
+            f"{loaded.arch} x{loaded.scale} (its metadata rebuilds it): drop --arch.")
+
+
+def _detect(state: StateDict, source: Any) -> Detection | None:
+    try:
+        return detect_architecture(state)
+    except (KeyError, ValueError, IndexError, RuntimeError, TypeError, AssertionError,
+            AttributeError, ZeroDivisionError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UserInputError(
+            f"The weights in {source} look like a known architecture but are incomplete or "
+            f"malformed ({reason}); check the file, or pass --arch SPEC.") from None
+
+
 def _from_detection(state: StateDict, arch_spec: str | None, source: Any) -> LoadedModel:
-    detection = detect_architecture(state)
+    detection = _detect(state, source)
     if arch_spec is not None:
         spec = parse_spec(arch_spec)
+        if detection is not None and detection.arch != spec.arch:
+            raise UserInputError(
+                f"--arch {arch_spec} contradicts the weights in {source}, which are "
+                f"{detection.arch}: drop --arch, or give {detection.arch} settings.")
+        if detection is not None and spec.scale not in (None, detection.scale):
+            raise UserInputError(
+                f"--arch {arch_spec} says x{spec.scale}, but the weights in {source} upscale "
+                f"x{detection.scale}: drop scale= from --arch.")
         scale = spec.scale or (detection.scale if detection else None)
         if scale is None:
             raise UserInputError(f"Cannot tell the scale of {source}; add scale=N to --arch.")
-        weights = detection.state_dict if detection and detection.arch == spec.arch else state
-        detection = Detection(spec.arch, spec.settings, scale, weights, "override")
+        # Settings the weights show stay; the SPEC changes what they cannot show (res_scale).
+        settings = {**detection.settings, **spec.given} if detection else spec.settings
+        weights = detection.state_dict if detection else state
+        detection = Detection(spec.arch, settings, scale, weights, "override")
+        origin = f"--arch {arch_spec}"
+    else:
+        origin = f"the weights of {source}"
     if detection is None:
         raise UserInputError(
             f"Cannot recognise the architecture of {source} from its weights; pass --arch SPEC "
@@ -202,7 +247,7 @@ def _from_detection(state: StateDict, arch_spec: str | None, source: Any) -> Loa
             f"{source} is a {detection.arch} model of scale {detection.scale}, not a "
             "super-resolution model."
         )
-    module = get_architecture(detection.arch).build(detection.settings, detection.scale)
+    module = get_architecture(detection.arch).build(detection.settings, detection.scale, origin)
     _load_weights(module, detection.state_dict, source, detection.arch)
     metadata = {"layout": detection.layout}
     return LoadedModel(module, detection.arch, detection.settings, detection.scale, metadata,

@@ -18,6 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from srcompress.errors import UserInputError
+from srcompress.models.limits import check_settings, check_size
 
 StateDict = dict[str, Tensor]
 
@@ -48,14 +49,32 @@ class Architecture:
     # teacher gets Real-ESRGAN's own fast architecture, SRVGGNetCompact).
     student_arch: str | None = None
 
-    def build(self, settings: Mapping[str, Any], scale: int) -> nn.Module:
+    def build(self, settings: Mapping[str, Any], scale: int, origin: str = "the settings"
+              ) -> nn.Module:
+        """The module with `settings` at `scale`, after `limits` checked every setting and the
+        size of the weights (`origin` says where the settings came from, for the messages)."""
+        cls = self.module_class()
+        check_settings(self.name, cls, settings, origin)
         arguments = dict(settings)
-        scale_argument = scale_argument_of(self.module_class())
+        scale_argument = scale_argument_of(cls)
         if scale_argument is not None:
             arguments[scale_argument] = scale
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return self.module_class()(**arguments)
+
+        def construct() -> nn.Module:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return cls(**arguments)
+
+        check_size(construct, self.name, origin)
+        try:
+            return construct()
+        except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError,
+                IndexError, KeyError) as error:
+            # Settings of the right types that do not go together (e.g. an embedding width
+            # that the heads do not divide): the constructor's own words, in one sentence.
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise UserInputError(f"The {self.name} settings in {origin} do not make a model "
+                                 f"({reason}): check them against `srcompress models`.") from None
 
     def setting_names(self) -> list[str]:
         """Settings the constructor accepts (the scale excluded: it is always separate)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,13 @@ else:
 
 @dataclass(frozen=True)
 class Spec:
+    """`settings` are complete (defaults, preset, then the text's own); `given` are the text's
+    own only, which is what an `--arch` override changes in detected settings."""
+
     arch: str
     settings: dict[str, Any]
     scale: int | None = None
+    given: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_spec(text: str) -> Spec:
@@ -46,9 +50,11 @@ def _resolve(name: str, overrides: dict[str, Any], origin: str) -> Spec:
         arch_name, preset = get_architecture(name).name, {}
     arch = get_architecture(arch_name)
     scale = overrides.pop("scale", None)
+    if scale is not None and (type(scale) is not int or scale not in (2, 3, 4, 8)):
+        raise UserInputError(f"scale={scale} in '{origin}' must be 2, 3, 4 or 8.")
     _check_keys(arch_name, overrides, origin)
-    return Spec(arch_name, {**arch.defaults, **preset, **overrides},
-                int(scale) if scale is not None else None)
+    return Spec(arch_name, {**arch.defaults, **preset, **overrides}, scale,
+                {**preset, **overrides})
 
 
 def _check_keys(arch_name: str, settings: dict[str, Any], origin: str) -> None:
@@ -85,13 +91,19 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def _parse_value(raw: str) -> Any:
+    """JSON where the text is JSON (numbers, lists), else the text itself (`pixelshuffle`);
+    `nan` and `inf` stay text here and are refused by the setting's checks, not read as numbers."""
     lowered = raw.lower()
     if lowered in {"true", "false"}:
         return lowered == "true"
     try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError):
         return raw
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
 
 
 def _spec_from_file(path: Path) -> Spec:
@@ -102,6 +114,9 @@ def _spec_from_file(path: Path) -> Spec:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (ValueError, UnicodeDecodeError) as error:
         raise UserInputError(f"Cannot parse student spec file {path}: {error}.") from error
+    if not isinstance(data, dict):
+        raise UserInputError(f"Student spec file {path} must hold a table of settings with an "
+                             "'arch' or 'preset' key.")
     name = data.pop("preset", None) or data.pop("arch", None) or data.pop("architecture", None)
     if not isinstance(name, str):
         raise UserInputError(f"Student spec file {path} needs an 'arch' or 'preset' key.")
