@@ -45,6 +45,9 @@ _SOURCE_FLAGS: dict[str, tuple[Any, Any]] = {
         "repeats it.")),
     "resume": (bool, typer.Option(
         False, "--resume", help="Continue the run in --output from its last checkpoint.")),
+    "force": (bool, typer.Option(
+        False, "--force", help="Write into an --output folder that holds other files; with "
+        "--resume, continue with a teacher whose content differs from the run's.")),
 }
 
 

@@ -110,6 +110,7 @@ def distill(
     reporter: Reporter | None = None,
     teacher_cache: str | Path | None = None,
     init: str | Path | None = None,
+    force: bool = False,
 ) -> DistillResult:
     """Distill `teacher` into `student` (a SPEC; default about 1/10 of the teacher's cost).
 
@@ -119,13 +120,15 @@ def distill(
     (`srcompress.train.teacher_cache`); `init` a checkpoint the student starts from
     (`srcompress.train.warm_start`). Returns when the run finishes or is stopped by Ctrl-C
     (`completed` False; the checkpoint in the run folder continues it with `resume=True`). Raises
-    `UserInputError` for bad inputs.
+    `UserInputError` for bad inputs, and `RunDivergedError` (its files kept) when the run ends
+    worse than it started. `force` writes into an `output` folder of other files, and resumes
+    with a teacher whose content differs from the run's.
     """
     given = DistillSettings.from_arguments(locals())
     if config is not None:
         given = {**DistillSettings.read_config(config), **given}
     settings = DistillSettings.resolve(given, resume)
-    result = run_training(settings, DistillJob(), resume, reporter)
+    result = run_training(settings, DistillJob(), resume, reporter, force)
     return DistillResult(**vars(result))
 
 
@@ -220,6 +223,9 @@ class DistillJob(Job[DistillSettings]):
 
     def summary(self, settings: DistillSettings) -> str:
         return f"student {settings.student}"
+
+    def teacher_file(self, settings: DistillSettings) -> Path | None:
+        return settings.teacher
 
     def weights_metadata(self, settings: DistillSettings) -> dict[str, Any]:
         return {"method": settings.method,

@@ -24,6 +24,7 @@ Choices, and why:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import math
@@ -99,15 +100,36 @@ class ExponentialAverage:
 
 @dataclass
 class RunRecord:
-    """What the run has measured so far; saved in checkpoints and `metrics.json`."""
+    """What the run has measured so far; saved in checkpoints and `metrics.json`.
+
+    `start` is the validation of the weights the run started from and `start_loss` the mean
+    training loss of its first iterations: what `Trainer.divergence` compares the end with.
+    """
 
     validations: list[dict[str, Any]] = field(default_factory=list)
     train: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, Any] | None = None
+    start: dict[str, Any] | None = None
+    start_loss: float | None = None
 
     def as_dict(self, iteration: int) -> dict[str, Any]:
         return {"iteration": iteration, "best": self.best, "validations": self.validations,
-                "train": self.train}
+                "train": self.train, "start": self.start, "start_loss": self.start_loss}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> RunRecord:
+        return cls(list(record["validations"]), list(record["train"]), record["best"],
+                   record.get("start"), record.get("start_loss"))
+
+
+# How many iterations' losses make the start and the end loss of a run: a quarter of the run up
+# to ten, and at least five (a shorter run is not judged by its loss: a few random patches say
+# nothing); and how much worse than its start a run may end before it is called diverged, so
+# that the noise of a run that merely did not improve (QAT from a trained model) is no alarm.
+_LOSS_WINDOW = 10
+_SHORTEST_LOSS_WINDOW = 5
+DIVERGED_LOSS_RATIO = 2.0
+DIVERGED_PSNR_DROP = 0.1
 
 
 class Reporter:
@@ -220,6 +242,8 @@ class Trainer:
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.iteration = 0
+        self.recent_losses: collections.deque[float] = collections.deque(
+            maxlen=self._loss_window())
         self.saved_iteration: int | None = None  # of the checkpoint in the run folder
         self.record = RunRecord()
         self.tensorboard = self._open_tensorboard()
@@ -239,8 +263,7 @@ class Trainer:
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "record": {"validations": self.record.validations, "train": self.record.train,
-                       "best": self.record.best},
+            "record": self.record.as_dict(self.iteration),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -253,8 +276,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        record = state["record"]
-        self.record = RunRecord(list(record["validations"]), list(record["train"]), record["best"])
+        self.record = RunRecord.from_dict(state["record"])
 
     def save_checkpoint(self) -> None:
         if self.run is not None:
@@ -294,6 +316,8 @@ class Trainer:
                               worker_init_fn=_ignore_stop_signals)
         window: dict[str, list[float]] = {}
         completed = True
+        if self.iteration == 0 and self.validate is not None and self.record.start is None:
+            self.record.start = self._measure(0)
         with _StopRequest() as stop:
             batches: Iterator[tuple[Tensor, Tensor]] = iter(loader)
             while self.iteration < settings.iters:
@@ -305,6 +329,7 @@ class Trainer:
                 for name, value in terms.items():
                     window.setdefault(name, []).append(value)
                 done = self.iteration
+                self._track_loss(done, sum(terms.values()))
                 lr = learning_rate(settings, done - 1)
                 self.reporter.advance(done, terms, lr)
                 if done % settings.log_every == 0 or done == settings.iters:
@@ -410,7 +435,37 @@ class Trainer:
                 if name != "iteration":
                     self.tensorboard.add_scalar(f"train/{name}", value, done)
 
-    def _validate(self, done: int) -> None:
+    def _loss_window(self) -> int:
+        return max(1, min(_LOSS_WINDOW, self.settings.iters // 4))
+
+    def _track_loss(self, done: int, loss: float) -> None:
+        """The mean loss of the first iterations (kept in the record), and the last ones."""
+        self.recent_losses.append(loss)
+        if done == self._loss_window() and self.record.start_loss is None:
+            self.record.start_loss = sum(self.recent_losses) / len(self.recent_losses)
+
+    def divergence(self) -> str | None:
+        """How the finished run ended worse than it started, or None: its last validation is
+        more than `DIVERGED_PSNR_DROP` dB below the start's, or (without validation) its last
+        iterations' loss is over `DIVERGED_LOSS_RATIO` times its first iterations'."""
+        start, validations = self.record.start, self.record.validations
+        if start is not None and validations:
+            end = validations[-1]["mean_psnr"]
+            if not end >= start["mean_psnr"] - DIVERGED_PSNR_DROP:
+                return (f"its validation PSNR fell from {start['mean_psnr']:.2f} dB at the start "
+                        f"to {end:.2f} dB at iteration {validations[-1]['iteration']}")
+            return None
+        window = len(self.recent_losses)
+        if self.record.start_loss is not None and window == self.recent_losses.maxlen and \
+                window >= _SHORTEST_LOSS_WINDOW:
+            end_loss = sum(self.recent_losses) / len(self.recent_losses)
+            if not end_loss <= DIVERGED_LOSS_RATIO * self.record.start_loss:
+                return (f"its training loss rose from {self.record.start_loss:.4g} over its first "
+                        f"{window} iterations to {end_loss:.4g} over its last {window}")
+        return None
+
+    def _measure(self, done: int) -> dict[str, Any]:
+        """Validate the weights a user would get now; the record entry of iteration `done`."""
         assert self.validate is not None
         module = self.final_module
         was_training = module.training
@@ -419,8 +474,14 @@ class Trainer:
         results = self.validate(module)
         module.train(was_training)
         mean_psnr = sum(result["psnr"] for result in results.values()) / len(results)
-        entry = {"iteration": done, "mean_psnr": mean_psnr,
-                 "seconds": time.perf_counter() - started, "results": results}
+        return {"iteration": done, "mean_psnr": mean_psnr,
+                "seconds": time.perf_counter() - started, "results": results}
+
+    def _validate(self, done: int) -> None:
+        entry = self._measure(done)
+        module = self.final_module
+        results = entry["results"]
+        mean_psnr = entry["mean_psnr"]
         self.record.validations.append(entry)
         if self.record.best is None or mean_psnr > self.record.best["mean_psnr"]:
             self.record.best = entry

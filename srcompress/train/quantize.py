@@ -147,6 +147,7 @@ def quantize(
     log_every: int | None = None,
     config: str | Path | None = None,
     reporter: Reporter | None = None,
+    force: bool = False,
 ) -> QuantizeResult:
     """Quantise `model` to `w_bits`/`a_bits` and fine-tune it, distilling from `teacher`.
 
@@ -154,14 +155,16 @@ def quantize(
     `QuantizeSettings`. Returns when the run finishes or is stopped by Ctrl-C (`completed` False;
     `resume=True` continues it). Raises `UserInputError` for bad inputs, including bit-widths
     outside 2..8, a model that is already quantized, or (with `strict`) a layer srcompress
-    cannot quantise.
+    cannot quantise; `RunDivergedError` (its files kept) when the run ends worse than it started.
+    `force` writes into an `output` folder of other files, and resumes with a teacher whose
+    content differs from the run's.
     """
     given = QuantizeSettings.from_arguments(locals())
     if config is not None:
         given = {**QuantizeSettings.read_config(config), **given}
     settings = QuantizeSettings.resolve(given, resume)
     job = QuantizeJob()
-    result = run_training(settings, job, resume, reporter)
+    result = run_training(settings, job, resume, reporter, force)
     return QuantizeResult(**vars(result), report=job.report)
 
 
@@ -244,6 +247,11 @@ class QuantizeJob(Job[QuantizeSettings]):
                                   settings.seed, iteration, batches.rank).lr
 
         calibrate(module, (inputs(iteration) for iteration in range(settings.calibration_batches)))
+
+    def teacher_file(self, settings: QuantizeSettings) -> Path | None:
+        if self.teacher is None:
+            return None
+        return settings.teacher if settings.teacher is not None else settings.model
 
     def weights_metadata(self, settings: QuantizeSettings) -> dict[str, Any]:
         teacher = (settings.teacher.name if settings.teacher is not None

@@ -46,7 +46,9 @@ from srcompress.data.training import (
 )
 from srcompress.demo import demo_data_folder
 from srcompress.devices import resolve_device
+from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.evaluation import evaluate
+from srcompress.files import sha256_of_file
 from srcompress.methods import Method, create_method
 from srcompress.methods.base import CachedTargets
 from srcompress.models import LoadedModel, Task, save_model
@@ -116,11 +118,23 @@ class Job(ABC, Generic[Settings]):
     def weights_metadata(self, settings: Settings) -> dict[str, Any]:
         """The metadata written in the weights files, besides architecture, metrics and seed."""
 
+    def teacher_file(self, settings: Settings) -> Path | None:
+        """The file the teacher was loaded from, whose content a resumed run must keep."""
+        return None
+
+
+class RunDivergedError(WorkFailedError):
+    """The run finished but ended worse than it started; its files are kept as written."""
+
 
 def run_training(settings: Settings, job: Job[Settings], resume: bool,
-                 reporter: Reporter | None) -> RunResult:
+                 reporter: Reporter | None, force: bool = False) -> RunResult:
     """Trains as `settings` say, the `job`'s way; returns when the run finishes or Ctrl-C stops
-    it (`completed` False; `resume=True` continues it)."""
+    it (`completed` False; `resume=True` continues it).
+
+    `force` lets a new run write into a folder of other files, and a resumed run continue with
+    a teacher whose content differs from the one it started with. A run that ends worse than it
+    started raises `RunDivergedError` after writing its files."""
     device = resolve_device(settings.device, distributed.from_environment().local_rank)
     names = job.method_names or {}
     method = create_method(names.get(settings.method, settings.method), **settings.method_options)
@@ -135,9 +149,18 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         settings.output = Path("runs") / f"{job.output_name(settings)}-{stamp}"
 
+    teacher_file = job.teacher_file(settings)
+    teacher_sha256 = sha256_of_file(teacher_file) if teacher_file is not None else None
+
     torch.manual_seed(settings.seed)
     student = job.student(settings)
     method.reseed(settings.seed)
+    if reporter is not None and job.teacher is not None:
+        teacher_size = sum(parameter.numel() for parameter in job.teacher.parameters())
+        if student.parameters > teacher_size:
+            reporter.message(
+                f"warning: the student has {student.parameters:,} parameters, more than the "
+                f"teacher's {teacher_size:,}; distillation is meant to make a smaller model.")
     data = load_training_images(settings.train_data, student.scale, settings.patch_size)
     validate = (validator(settings, student.scale, device) if settings.val_benchmarks
                 else None)
@@ -149,7 +172,9 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
     batches = PatchBatches(data, settings.patch_size, settings.batch_size, settings.seed,
                            rank=place.rank)
     try:
-        open_run_folder(run, place, resume, settings.config_toml())
+        checkpoint = open_run_folder(run, place, resume, force, settings,
+                                     (teacher_file, teacher_sha256))
+        run.identity = {"teacher_sha256": teacher_sha256}
         speaking = reporter if place.is_main else None
         cached_targets, cached = job.cached_targets(settings, data, device, place, speaking)
         if speaking is not None:
@@ -177,10 +202,18 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
                           device, run, place, validate=validate, save_weights=save_weights,
                           reporter=reporter, degradation=on_device_degradation(degradation),
                           cached_targets=cached_targets)
-        completed = train_to_end(trainer, run, place, resume, save_weights)
+        completed = train_to_end(trainer, run, place, checkpoint, save_weights)
     finally:
+        run.unlock()
         distributed.teardown(place)
     best = run.best if run.best.exists() else None
+    diverged = trainer.divergence() if completed and place.is_main else None
+    if diverged is not None:
+        kept = ", ".join(path.name for path in (run.weights, best) if path is not None)
+        raise RunDivergedError(
+            f"The run in {run.root} diverged: {diverged}. Its files ({kept}) are kept as written, "
+            f"but they are worse than where it started: train again with a lower --lr (it was "
+            f"{settings.lr:g}) or with --grad-clip.")
     return RunResult(run.root, run.weights, best, trainer.record.as_dict(trainer.iteration),
                      completed)
 
@@ -252,22 +285,45 @@ def weight_writer(template: LoadedModel, settings: TrainingSettings,
     return write
 
 
-def open_run_folder(run: RunFolder, place: Distributed, resume: bool, config_text: str) -> None:
-    """Creates the run folder with its `config.toml` on rank 0 (or, on resume, checks that it
-    holds a checkpoint), before any rank goes on."""
+def open_run_folder(run: RunFolder, place: Distributed, resume: bool, force: bool,
+                    settings: TrainingSettings, teacher: tuple[Path | None, str | None]
+                    ) -> dict[str, Any] | None:
+    """Locks and checks the run folder on rank 0 (`RunFolder.lock`, `prepare`); on resume reads
+    its checkpoint (returned) and refuses what would rewrite the run instead of continuing it;
+    then writes `config.toml`, again on resume, so that it stays true after accepted changes
+    (`--iters`, the teacher's path). Every rank waits for rank 0 before going on."""
     if place.is_main:
-        run.prepare(resume)
-        if not resume:
-            run.write_config(config_text)
+        run.lock()
+        run.prepare(resume, force)
+    checkpoint = run.load_checkpoint() if resume else None
+    if checkpoint is not None:
+        reached = int(checkpoint["iteration"])
+        if settings.iters < reached:
+            raise UserInputError(
+                f"--iters {settings.iters} is below the {reached} iterations the run in "
+                f"{run.root} has already trained: resume with --iters {reached} or more, or "
+                "start a new run.")
+        teacher_file, teacher_sha256 = teacher
+        saved = checkpoint.get("teacher_sha256")
+        if saved is not None and teacher_sha256 is not None and saved != teacher_sha256 \
+                and not force:
+            raise UserInputError(
+                f"The teacher {teacher_file} is not the one the run in {run.root} "
+                f"started with (its content differs: sha256 {teacher_sha256[:12]}... instead of "
+                f"{saved[:12]}...): pass the original teacher, or --force to continue with this "
+                "one.")
+    if place.is_main:
+        run.write_config(settings.config_toml())
     place.barrier()
+    return checkpoint
 
 
-def train_to_end(trainer: Trainer, run: RunFolder, place: Distributed, resume: bool,
-                 save_weights: WeightWriter) -> bool:
-    """Trains (from the run's checkpoint on resume) and writes the final weights to
-    `run.weights` with the last validation; False when Ctrl-C stopped the run first."""
-    if resume:
-        trainer.load_state(run.load_checkpoint())
+def train_to_end(trainer: Trainer, run: RunFolder, place: Distributed,
+                 checkpoint: dict[str, Any] | None, save_weights: WeightWriter) -> bool:
+    """Trains (from `checkpoint`, on resume) and writes the final weights to `run.weights` with
+    the last validation; False when Ctrl-C stopped the run first."""
+    if checkpoint is not None:
+        trainer.load_state(checkpoint)
     try:
         completed = trainer.train()
     finally:

@@ -42,7 +42,7 @@ import tomli_w
 from srcompress.data.degradation import degradation_setting
 from srcompress.errors import UserInputError
 from srcompress.train.loop import SCHEDULES, TrainSettings
-from srcompress.train.state import RunFolder
+from srcompress.train.state import CONFIG_HEADER, RunFolder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -292,7 +292,7 @@ class TrainingSettings:
         """The settings as a `--config` file, headed by the command line that repeats the run
         (None values are left out: TOML has no null)."""
         name = self.COMMAND.split()[0]
-        header = (f"# srcompress {name}: every setting of this run; repeat it with\n"
+        header = (f"{CONFIG_HEADER}{name}: every setting of this run; repeat it with\n"
                   f"# srcompress {self.COMMAND} --config config.toml --output NEW_FOLDER\n")
         plain = {key: _plain(getattr(self, key))
                  for key in self.key_names() if getattr(self, key) is not None}

@@ -76,7 +76,8 @@ def test_values_of_the_right_type_are_converted_as_the_run_needs_them(tmp_path: 
 ])
 def test_each_declared_key_is_an_argument_and_a_flag(settings, function, command) -> None:
     """Adding a key is one declaration plus the library argument; this names what is missing."""
-    arguments = set(inspect.signature(function).parameters) - {"config", "resume", "reporter"}
+    arguments = set(inspect.signature(function).parameters) - {"config", "resume", "reporter",
+                                                                 "force"}
     assert arguments == set(settings.key_names())
     flags = set(inspect.signature(command).parameters)
     for key in settings.key_names():
