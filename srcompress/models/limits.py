@@ -36,6 +36,9 @@ MAX_WHOLE_NUMBER = 65_536
 CHANNEL_SETTINGS = frozenset({"num_in_ch", "num_out_ch", "in_chans", "in_nc", "out_nc",
                               "in_ch", "out_ch", "in_channels", "out_channels"})
 _BYTES_PER_PARAMETER = 4  # float32
+# Weight tensors a model may have: the deepest SR models have a few hundred to 1628 (RCAN);
+# counting stops here, since constructing a million layers would itself take minutes.
+MAX_WEIGHT_TENSORS = 8_000
 
 
 def _describe(value: Any) -> str:
@@ -88,7 +91,9 @@ def check_settings(arch: str, module_class: type[nn.Module], settings: Mapping[s
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _WeightsOnMeta(TorchFunctionMode):
@@ -104,6 +109,7 @@ class _WeightsOnMeta(TorchFunctionMode):
         super().__init__()
         self.limit = limit
         self.elements = 0
+        self.tensors = 0
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
@@ -112,8 +118,11 @@ class _WeightsOnMeta(TorchFunctionMode):
             kwargs["device"] = "meta"
             tensor = func(*args, **kwargs)
             self.elements += tensor.numel()
+            self.tensors += 1
             if self.elements > self.limit:
-                raise _TooLarge
+                raise _TooLarge(f"over {self.limit / 1e9:.1f} billion parameters")
+            if self.tensors > MAX_WEIGHT_TENSORS:
+                raise _TooLarge(f"over {MAX_WEIGHT_TENSORS} weight tensors")
             return tensor
         return func(*args, **kwargs)
 
@@ -130,7 +139,8 @@ def available_memory() -> int:
 def check_size(build: Callable[[], nn.Module], label: str, origin: str,
                memory: int | None = None) -> None:
     """Refuse a model whose float32 weights need more than `memory` bytes (default: what the
-    machine has available), counted without allocating them. A constructor that cannot run with
+    machine has available), or that has more than `MAX_WEIGHT_TENSORS` weight tensors, counted
+    without allocating them. A constructor that cannot run with
     its weights on the meta device is let through: the real build then decides."""
     memory = available_memory() if memory is None else memory
     limit = memory // _BYTES_PER_PARAMETER
@@ -138,10 +148,10 @@ def check_size(build: Callable[[], nn.Module], label: str, origin: str,
     try:
         with torch.no_grad(), mode:
             build()
-    except _TooLarge:
+    except _TooLarge as too_large:
         raise UserInputError(
-            f"{label} in {origin} would have over {limit / 1e9:.1f} billion parameters, more "
-            f"than the {memory / 2**30:.1f} GiB of memory available can hold: choose smaller "
-            "settings.") from None
+            f"{label} in {origin} would have {too_large.reason}, more than the "
+            f"{memory / 2**30:.1f} GiB of memory available can hold or any SR model has: choose "
+            "smaller settings.") from None
     except Exception:
         return  # e.g. a constructor that computes with its weights: the real build decides

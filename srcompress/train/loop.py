@@ -24,7 +24,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 import math
@@ -122,14 +121,12 @@ class RunRecord:
                    record.get("start"), record.get("start_loss"))
 
 
-# How many iterations' losses make the start and the end loss of a run: a quarter of the run up
-# to ten, and at least five (a shorter run is not judged by its loss: a few random patches say
-# nothing); and how much worse than its start a run may end before it is called diverged, so
-# that the noise of a run that merely did not improve (QAT from a trained model) is no alarm.
-_LOSS_WINDOW = 10
-_SHORTEST_LOSS_WINDOW = 5
+# A run is called diverged when it ends worse than it started by more than this, so that a run
+# that merely did not improve (QAT from a trained model) is no alarm; the loss is measured on the
+# run's first `_PROBE_BATCHES` batches, with the same randomness at the start and at the end.
 DIVERGED_LOSS_RATIO = 2.0
 DIVERGED_PSNR_DROP = 0.1
+_PROBE_BATCHES = 4
 
 
 class Reporter:
@@ -242,8 +239,6 @@ class Trainer:
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.iteration = 0
-        self.recent_losses: collections.deque[float] = collections.deque(
-            maxlen=self._loss_window())
         self.saved_iteration: int | None = None  # of the checkpoint in the run folder
         self.record = RunRecord()
         self.tensorboard = self._open_tensorboard()
@@ -316,8 +311,11 @@ class Trainer:
                               worker_init_fn=_ignore_stop_signals)
         window: dict[str, list[float]] = {}
         completed = True
-        if self.iteration == 0 and self.validate is not None and self.record.start is None:
-            self.record.start = self._measure(0)
+        if self.iteration == 0:
+            if self.validate is not None and self.record.start is None:
+                self.record.start = self._measure(0)
+            if self.record.start_loss is None:
+                self.record.start_loss = self.probe_loss()
         with _StopRequest() as stop:
             batches: Iterator[tuple[Tensor, Tensor]] = iter(loader)
             while self.iteration < settings.iters:
@@ -329,7 +327,6 @@ class Trainer:
                 for name, value in terms.items():
                     window.setdefault(name, []).append(value)
                 done = self.iteration
-                self._track_loss(done, sum(terms.values()))
                 lr = learning_rate(settings, done - 1)
                 self.reporter.advance(done, terms, lr)
                 if done % settings.log_every == 0 or done == settings.iters:
@@ -435,19 +432,34 @@ class Trainer:
                 if name != "iteration":
                     self.tensorboard.add_scalar(f"train/{name}", value, done)
 
-    def _loss_window(self) -> int:
-        return max(1, min(_LOSS_WINDOW, self.settings.iters // 4))
-
-    def _track_loss(self, done: int, loss: float) -> None:
-        """The mean loss of the first iterations (kept in the record), and the last ones."""
-        self.recent_losses.append(loss)
-        if done == self._loss_window() and self.record.start_loss is None:
-            self.record.start_loss = sum(self.recent_losses) / len(self.recent_losses)
+    def probe_loss(self) -> float:
+        """The method's loss, without a step, on the run's first batches with fixed randomness:
+        a measurement that differs between the start and the end of a run only by the weights."""
+        total = 0.0
+        generator_state = self.method.get_extra_state()
+        was_training = self.student.training
+        self.student.eval()
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype)
+                    if self.amp_dtype is not None else contextlib.nullcontext())
+        try:
+            with torch.no_grad(), autocast:
+                for index in range(_PROBE_BATCHES):
+                    lr_patches, hr_patches = self.batches[index]
+                    self.method.reseed(iteration_seed(self.settings.seed, index, self.place.rank,
+                                                      stream=3))
+                    batch = Batch(self._on_device(lr_patches), self._on_device(hr_patches),
+                                  self.batches.scale)
+                    terms = self.method.losses(batch, self.student, self.teacher)
+                    total += float(sum(terms.values()))
+        finally:
+            self.student.train(was_training)
+            self.method.set_extra_state(generator_state)
+        return total / _PROBE_BATCHES
 
     def divergence(self) -> str | None:
         """How the finished run ended worse than it started, or None: its last validation is
-        more than `DIVERGED_PSNR_DROP` dB below the start's, or (without validation) its last
-        iterations' loss is over `DIVERGED_LOSS_RATIO` times its first iterations'."""
+        more than `DIVERGED_PSNR_DROP` dB below the start's, or (without validation) its
+        `probe_loss` is over `DIVERGED_LOSS_RATIO` times the start's."""
         start, validations = self.record.start, self.record.validations
         if start is not None and validations:
             end = validations[-1]["mean_psnr"]
@@ -455,13 +467,11 @@ class Trainer:
                 return (f"its validation PSNR fell from {start['mean_psnr']:.2f} dB at the start "
                         f"to {end:.2f} dB at iteration {validations[-1]['iteration']}")
             return None
-        window = len(self.recent_losses)
-        if self.record.start_loss is not None and window == self.recent_losses.maxlen and \
-                window >= _SHORTEST_LOSS_WINDOW:
-            end_loss = sum(self.recent_losses) / len(self.recent_losses)
+        if self.record.start_loss is not None:
+            end_loss = self.probe_loss()
             if not end_loss <= DIVERGED_LOSS_RATIO * self.record.start_loss:
-                return (f"its training loss rose from {self.record.start_loss:.4g} over its first "
-                        f"{window} iterations to {end_loss:.4g} over its last {window}")
+                return (f"its training loss rose from {self.record.start_loss:.4g} at the start to "
+                        f"{end_loss:.4g} at the end (on the same batches)")
         return None
 
     def _measure(self, done: int) -> dict[str, Any]:

@@ -4,7 +4,8 @@ A short run is killed several times at a random moment soon after one of its che
 kills land inside checkpoint, metrics and weight writes as well as inside steps). After every kill
 each file in the run folder is either absent or whole and loadable (a hidden temporary file of an
 interrupted write may remain; resuming removes it), and the run resumed to the end holds weights
-bit-identical to an uninterrupted run's.
+bit-identical to an uninterrupted run's. Each kill leaves the run folder's lock behind (a dead
+owner's); the next run takes it over.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from safetensors.torch import load_file
 
 from srcompress import models
 from srcompress.files import is_partial_file
-from srcompress.train.state import RunFolder
+from srcompress.train.state import LOCK_NAME, RunFolder
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,7 +54,8 @@ def _assert_every_file_whole(folder: Path) -> None:
     """Each file is absent, a leftover temporary file, or complete and loadable."""
     run = RunFolder(folder)
     for path in folder.rglob("*"):
-        if path.is_dir() or is_partial_file(path) or "tensorboard" in path.parts:
+        if path.is_dir() or is_partial_file(path) or path.name == LOCK_NAME or \
+                "tensorboard" in path.parts:
             continue
         if path == run.config:
             tomllib.loads(path.read_text(encoding="utf-8"))
@@ -90,6 +92,8 @@ def test_runs_killed_at_random_moments_resume_bit_exactly(tiny_model: Path, tiny
         process.communicate()
         kills += 1
         _assert_every_file_whole(output)
+        # The killed run could not release its lock: the next one must take the stale lock over.
+        assert (output / LOCK_NAME).exists()
     assert kills >= 1, f"no kill landed inside the run (seed {seed})"
     finished = _start("distill", *arguments, "--output", output, "--resume")
     assert finished.wait(timeout=300) == 0 and reference.wait(timeout=300) == 0, (
