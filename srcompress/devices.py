@@ -53,6 +53,21 @@ def resolve_device(requested: str | torch.device, local_rank: int = 0) -> torch.
     return device
 
 
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes `device` can still give: free CUDA memory, else the machine's available memory
+    (Linux `MemAvailable`, which counts reclaimable caches, else the free pages)."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def import_onnxruntime() -> ModuleType:
     """The onnxruntime module, or one sentence saying which package to install."""
     try:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from srcompress.data.images import list_images, read_image, write_image
 from srcompress.data.resize import imresize
-from srcompress.devices import onnx_session, resolve_device
+from srcompress.devices import available_memory, onnx_session, resolve_device
 from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.models import LoadedModel, load_model
 
@@ -65,20 +65,6 @@ class RunnerOptions:
     self_ensemble: bool = False
     arch: str | None = None
     memory_budget: int | None = None
-
-
-def available_memory(device: torch.device) -> int:
-    """Bytes the device can still give: free CUDA memory, or the system's available memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _ensemble_transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:

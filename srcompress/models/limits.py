@@ -16,10 +16,8 @@ hold what its default holds. Image channel counts must be 3: every srcompress ru
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from srcompress.devices import available_memory
 from srcompress.errors import UserInputError
 
 # No setting of an SR architecture comes near this (widths of 512, 200 blocks, 1024-pixel
@@ -125,15 +124,6 @@ class _WeightsOnMeta(TorchFunctionMode):
                 raise _TooLarge(f"over {MAX_WEIGHT_TENSORS} weight tensors")
             return tensor
         return func(*args, **kwargs)
-
-
-def available_memory() -> int:
-    """Bytes of memory this machine can still give (Linux `MemAvailable`, else free pages)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo", encoding="ascii") as info:
-        for line in info:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def check_size(build: Callable[[], nn.Module], label: str, origin: str,
