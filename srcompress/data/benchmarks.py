@@ -23,6 +23,7 @@ the archive's source) or explicitly accepts an unverified download, and is shown
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -292,6 +293,9 @@ def _download(url: str, destination: Path, progress: ProgressCallback | None) ->
 def _check_member_name(url: str, name: str) -> PurePosixPath:
     """Refuse archive entry names that would write outside the extraction folder."""
     path = PurePosixPath(name.replace("\\", "/"))
+    if not path.parts or path.parts == (".",):
+        raise UserInputError(f"The archive from {url} has an entry with no name ({name!r}); "
+                             "nothing was installed.")
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
         raise UserInputError(
             f"The archive from {url} has an unsafe entry {name!r} (it would be written outside "
@@ -363,9 +367,14 @@ def _extract(archive: Path, target: Path, url: str, limits: ArchiveLimits) -> No
         raise UserInputError(f"The archive from {url} is corrupt ({error}); nothing was "
                              "installed.") from None
     except OSError as error:
-        raise WorkFailedError(
-            f"Unpacking the archive from {url} into {target.parent.parent} failed "
-            f"({error.strerror or error}); nothing was installed.") from None
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise WorkFailedError(
+                f"Unpacking the archive from {url} into {target.parent.parent} failed: the disk "
+                f"is full ({error.strerror}); nothing was installed.") from None
+        # Entries that cannot coexist (a file and a folder of one name...): the archive's fault.
+        raise UserInputError(
+            f"The archive from {url} cannot be unpacked ({error.strerror or error}); nothing "
+            "was installed.") from None
 
 
 def _dataset_folder(extracted: Path, archive_folder: str | None) -> Path:

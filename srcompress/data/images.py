@@ -109,6 +109,14 @@ def _open_unbounded(data: bytes) -> Image.Image:
 
 
 def _read_with_pillow(path: Path, data: bytes, limit: int) -> Tensor:
+    # Pillow warns about damaged metadata it skips (TIFF tags...): the pixels decide, and a
+    # damaged image raises below, so its warnings would only print noise before our sentence.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        return _decode_with_pillow(path, data, limit)
+
+
+def _decode_with_pillow(path: Path, data: bytes, limit: int) -> Tensor:
     try:
         with _open_unbounded(data) as image:
             _check_size(path, *image.size, limit)

@@ -181,7 +181,10 @@ def _from_metadata(state: StateDict, metadata: dict[str, str], source: Any) -> L
             f"{source} has incomplete or invalid srcompress metadata (architecture "
             f"{arch_name!r}, scale {scale!r}); it may have been edited or damaged.")
     module = get_architecture(arch_name).build(settings, scale, f"the metadata of {source}")
-    if decoded.get("quant"):
+    if "quant" in decoded:
+        if not (isinstance(decoded["quant"], dict) and decoded["quant"]):
+            raise UserInputError(f"{source} has invalid quantization metadata "
+                                 f"({decoded['quant']!r}); it may have been edited or damaged.")
         try:
             module = restore_quantization(module, decoded["quant"])
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:

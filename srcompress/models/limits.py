@@ -95,9 +95,25 @@ class _TooLarge(Exception):
         self.reason = reason
 
 
+_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand,
+                        torch.randn, torch.randint})
+
+
+def _requested_elements(func: Callable[..., Any], args: Any, kwargs: Mapping[str, Any]) -> int:
+    """How many elements a factory call asks for, read from its size arguments."""
+    size = kwargs.get("size", args[:-1] if func is torch.full else args)
+    if func is torch.randint:  # randint(high, size) or randint(low, high, size)
+        size = kwargs.get("size", next((arg for arg in args if isinstance(arg, tuple | list)),
+                                       ()))
+    if len(size) == 1 and isinstance(size[0], tuple | list | torch.Size):
+        size = size[0]
+    return math.prod(int(dimension) for dimension in size)
+
+
 class _WeightsOnMeta(TorchFunctionMode):
-    """Creates every `torch.empty` tensor (how layers allocate their weights) on the meta device,
-    counting its elements, and stops the build as soon as the count passes `limit`.
+    """Counts the elements of every tensor a constructor asks a factory for, before it is made,
+    and stops the build as soon as the count passes `limit`; `torch.empty` tensors (how layers
+    allocate their weights) are made on the meta device, so they cost no memory.
 
     Other tensors (masks, index tables, `linspace(...).item()` in SwinIR's constructor) stay on
     the CPU, where constructors compute with them; `torch.device("meta")` would put those on meta
@@ -113,16 +129,15 @@ class _WeightsOnMeta(TorchFunctionMode):
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: Any = (),
                            kwargs: Any = None) -> Any:
         kwargs = dict(kwargs or {})
-        if func is torch.empty:
-            kwargs["device"] = "meta"
-            tensor = func(*args, **kwargs)
-            self.elements += tensor.numel()
+        if func in _FACTORIES:
+            self.elements += _requested_elements(func, args, kwargs)
             self.tensors += 1
             if self.elements > self.limit:
                 raise _TooLarge(f"over {self.limit / 1e9:.1f} billion parameters")
             if self.tensors > MAX_WEIGHT_TENSORS:
                 raise _TooLarge(f"over {MAX_WEIGHT_TENSORS} weight tensors")
-            return tensor
+            if func is torch.empty:
+                kwargs["device"] = "meta"
         return func(*args, **kwargs)
 
 

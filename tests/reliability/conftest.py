@@ -8,13 +8,26 @@ sentence that names the file or flag, and nothing the user had is lost.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from srcompress import models
+
+# Property-based fuzzing (hypothesis). The suite's profile is small and derandomised, so that `make
+# test` stays quick and a failure reproduces on every machine; HYPOTHESIS_PROFILE=thorough
+# explores with fresh random examples and many more of them.
+_FUZZ_CHECKS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                HealthCheck.data_too_large]
+settings.register_profile("suite", max_examples=25, deadline=None, derandomize=True,
+                          database=None, suppress_health_check=_FUZZ_CHECKS)
+settings.register_profile("thorough", max_examples=400, deadline=None,
+                          suppress_health_check=_FUZZ_CHECKS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 TINY_STUDENT = "edsr:num_feat=8,num_block=1"
 TINY_RUN = ["--student", TINY_STUDENT, "--batch-size", "2", "--patch-size", "16", "--workers",
