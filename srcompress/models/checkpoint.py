@@ -112,12 +112,19 @@ def _read_pickle(path: Path) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():  # damaged, not refused
+            raise UserInputError(f"{path} is not a readable PyTorch checkpoint; it may be "
+                                 "truncated or corrupt.") from None
         raise UserInputError(
             f"Refused to load {path}: it contains Python objects beyond plain weights, which could "
             "run code; convert it to .safetensors in a trusted environment."
         ) from error
-    except (EOFError, RuntimeError, OSError, ValueError) as error:
-        raise UserInputError(f"{path} is not a readable PyTorch checkpoint ({error}).") from error
+    except Exception as error:
+        # A damaged file makes torch's unpickler fail in whatever way its bytes lead it to
+        # (EOFError, KeyError of a memo, struct.error...): each means the file is unreadable.
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise UserInputError(f"{path} is not a readable PyTorch checkpoint ({reason}); it may "
+                             "be truncated or corrupt.") from None
 
 
 def _unwrap(content: Any, path: Path) -> StateDict:
