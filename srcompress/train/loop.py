@@ -446,9 +446,9 @@ class Trainer:
                 for index in range(_PROBE_BATCHES):
                     lr_patches, hr_patches = self.batches[index]
                     self.method.reseed(iteration_seed(self.settings.seed, index, self.place.rank,
-                                                      stream=3))
-                    batch = Batch(self._on_device(lr_patches), self._on_device(hr_patches),
-                                  self.batches.scale)
+                                                      stream=2))
+                    batch = self._batch(self._on_device(lr_patches),
+                                        self._on_device(hr_patches), index)
                     terms = self.method.losses(batch, self.student, self.teacher)
                     total += float(sum(terms.values()))
         finally:
