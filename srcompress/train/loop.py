@@ -444,11 +444,13 @@ class Trainer:
         try:
             with torch.no_grad(), autocast:
                 for index in range(_PROBE_BATCHES):
-                    lr_patches, hr_patches = self.batches[index]
+                    lr_patches, hr_patches, placements = self.batches[index]
                     self.method.reseed(iteration_seed(self.settings.seed, index, self.place.rank,
                                                       stream=2))
                     batch = self._batch(self._on_device(lr_patches),
                                         self._on_device(hr_patches), index)
+                    if self.cached_targets is not None:
+                        batch.cached = self.cached_targets(placements)
                     terms = self.method.losses(batch, self.student, self.teacher)
                     total += float(sum(terms.values()))
         finally:
