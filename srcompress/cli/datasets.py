@@ -139,9 +139,11 @@ def degrade_command(
         made = degrade_benchmark(name, chosen, scale, seed, data_root=data_root, output=output,
                                  label=label, progress=lambda done, total: bar.update(
                                      task, completed=done, total=total))
+    # A set written under the data root is found by its name, as the registry's sets are.
+    benchmark = made.folder.name if output is None else made.folder
     if human_output(json_path):
         console.print(f"Wrote {made.images} {chosen.name} x{scale} pairs (seed {seed}) to "
-                      f"[bold]{made.folder}[/]; evaluate with --benchmark {made.folder}, or "
+                      f"[bold]{made.folder}[/]; evaluate with --benchmark {benchmark}, or "
                       f"--benchmark {made.lr_folder} --no-reference for its LR images alone.")
     emit_json({"folder": str(made.folder), "lr_folder": str(made.lr_folder),
                "images": made.images, "scale": scale, "seed": seed,

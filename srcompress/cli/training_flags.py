@@ -185,13 +185,14 @@ def report_run(result: RunResult, json_path: str | None, weights: tuple[str, str
         if not result.completed:
             console.print(f"[yellow]Stopped at iteration {result.metrics['iteration']}[/]; the "
                           f"checkpoint is saved: continue with --output {result.output} "
-                          "--resume.")
+                          "--resume.", soft_wrap=True)
         else:
             _print_validations(result.metrics)
             width = len(label) + 1
-            console.print(f"{label + ':':<{width}} [bold]{result.weights}[/]")
+            # soft_wrap: a path cut at the console's width could not be copied from a log.
+            console.print(f"{label + ':':<{width}} [bold]{result.weights}[/]", soft_wrap=True)
             if result.best is not None:
-                console.print(f"{'Best:':<{width}} {result.best}")
+                console.print(f"{'Best:':<{width}} {result.best}", soft_wrap=True)
     emit_json({"output": str(result.output), "completed": result.completed,
                key: str(result.weights) if result.completed else None,
                "best": str(result.best) if result.best else None, **report,

@@ -207,7 +207,8 @@ def _search_folders(entry: BenchmarkEntry, data_root: Path) -> list[Path]:
 
 def find_benchmark(name_or_path: str | os.PathLike[str], data_root: str | os.PathLike[str] | None,
                    scale: int) -> Benchmark:
-    """Locate a benchmark by registry name (under `data_root`) or folder path, at `scale`."""
+    """Locate a benchmark by registry name or folder name (under `data_root`) or by folder path,
+    at `scale`."""
     root = Path(data_root) if data_root is not None else default_data_root()
     text = str(name_or_path)
     as_path = Path(text).expanduser()
@@ -215,6 +216,9 @@ def find_benchmark(name_or_path: str | os.PathLike[str], data_root: str | os.Pat
         entry = lookup(as_path.name)
         return read_benchmark_folder(as_path, scale, entry.name if entry else as_path.name)
     entry = lookup(text)
+    if entry is None and (root / text).is_dir():
+        # A set the user made under the data root, e.g. by `srcompress datasets degrade`.
+        return read_benchmark_folder(root / text, scale, text)
     if entry is None:
         if os.sep in text or "/" in text or as_path.suffix:
             raise UserInputError(f"Benchmark folder {as_path} does not exist.")

@@ -172,6 +172,19 @@ def test_datasets_degrade_makes_a_reproducible_paired_set(cli, shared_data: Path
     assert refused.exit_code == 2 and "already exists" in refused.stderr
 
 
+def test_a_degraded_set_under_the_data_root_is_evaluated_by_its_name(
+        cli, shared_data: Path, tmp_path: Path) -> None:
+    made = cli("datasets", "degrade", shared_data / "benchmarks" / "Set5", "--degradation",
+               "bicubic", "--scale", "2", "--data-root", tmp_path)
+    assert made.exit_code == 0, made.stderr
+    (folder,) = tmp_path.iterdir()
+    assert f"--benchmark {folder.name}," in " ".join(made.stdout.split())
+    by_name = evaluate_json(cli, "bicubic", "--benchmark", folder.name, "--data-root", tmp_path,
+                            "--scale", "2")
+    by_path = evaluate_json(cli, "bicubic", "--benchmark", folder, "--scale", "2")
+    assert by_name["results"][0]["psnr"] == by_path["results"][0]["psnr"] > 30
+
+
 def test_datasets_degrade_refuses_a_bad_degradation_file(cli, shared_data: Path,
                                                          tmp_path: Path) -> None:
     settings = tmp_path / "bad.toml"

@@ -72,3 +72,7 @@ def test_distill_into_a_file_or_pipe_prints_plain_progress_lines(tiny_teacher: P
                      r"\| lr \S+ \| \d+\.\d\d it/s \| ETA 0:00:00$", result.stdout,
                      re.MULTILINE), result.stdout
     assert not {"\x1b", "\r", "━"} & set(result.stdout), result.stdout
+    # Paths are printed whole on one line, whatever the console's width, so a log can be copied.
+    output = tmp_path / "run" / "which is a long path" / "under several folders"
+    result = cli("distill", tiny_teacher, *tiny_run, "--iters", "1", "--output", output)
+    assert f"Student: {output / 'student.safetensors'}\n" in result.stdout, result.stdout
