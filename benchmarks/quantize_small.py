@@ -15,7 +15,6 @@ section of docs/results.md (between its markers), with the command that produced
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import sys
 import time
@@ -24,11 +23,9 @@ from pathlib import Path
 import torch
 from results_doc import replace_section, shown_command
 
-from srcompress.data.training import PatchBatches, load_training_images
 from srcompress.demo import demo_data_folder, demo_teacher_path
 from srcompress.evaluation import evaluate
 from srcompress.models import load_model
-from srcompress.quant import calibrate, quantize_model
 from srcompress.train.quantize import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,13 +39,13 @@ def scores(model: object, scale: int, args: argparse.Namespace) -> dict[str, tup
     return {result["benchmark"]: (result["psnr"], result["ssim"]) for result in report["results"]}
 
 
-def calibrated_only(model_path: str, bits: int, args: argparse.Namespace, scale: int):
-    """The quantised model as training starts: calibrated on the run's first batches."""
-    module, _ = quantize_model(copy.deepcopy(load_model(model_path).module), bits, bits)
-    data = load_training_images(args.train_data, scale, args.patch_size)
-    batches = PatchBatches(data, args.patch_size, args.batch_size, args.seed)
-    calibrate(module, [batches[i][0] for i in range(args.calibration_batches)])
-    return module.eval()
+def post_training(bits: int, args: argparse.Namespace, output: Path) -> Path:
+    """`quantize --iters 0`: exactly the calibrated model each QAT run below starts from."""
+    result = quantize(args.student, w_bits=bits, a_bits=bits, iters=0,
+                      batch_size=args.batch_size, patch_size=args.patch_size, seed=args.seed,
+                      calibration_batches=args.calibration_batches, train_data=args.train_data,
+                      val_benchmarks=[], device=args.device, workers=0, output=output)
+    return result.quantized
 
 
 def row(label: str, bits: str, method: str, result: dict[str, tuple[float, float]],
@@ -73,7 +70,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float,
+                        help="learning rate (default: quantize's, by bit-width)")
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-data", nargs="+", default=[str(demo_data_folder())])
@@ -94,9 +92,9 @@ def main() -> None:
     print(rows[0], flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     for bits in (int(text) for text in args.bits.split(",")):
-        initial = scores(calibrated_only(args.student, bits, args, scale), scale, args)
-        rows.append(row("calibrated, untrained", f"{bits}/{bits}", "-", initial, float_scores,
-                        None))
+        initial = scores(str(post_training(bits, args, Path(args.runs) /
+                                           f"{stamp}-w{bits}a{bits}-ptq")), scale, args)
+        rows.append(row("PTQ (--iters 0)", f"{bits}/{bits}", "-", initial, float_scores, None))
         print(rows[-1], flush=True)
         for method in args.methods.split(","):
             started = time.perf_counter()
@@ -114,6 +112,7 @@ def main() -> None:
 
     command = shown_command([".venv/bin/python", "benchmarks/quantize_small.py", *sys.argv[1:]])
     teacher = args.teacher or "the student's own full-precision weights"
+    lr = f"{args.lr:g}" if args.lr else "quantize's default for the bit-width"
     text = "\n".join([
         "## Quantization-aware training (benchmarks/quantize_small.py)",
         "",
@@ -122,7 +121,7 @@ def main() -> None:
         "",
         f"Student {Path(args.student).name} x{scale}; teacher: {teacher}; body convolutions "
         f"quantised (head, upsampler and output layer in full precision); {args.iters} "
-        f"iterations, batch {args.batch_size}, LR patch {args.patch_size}, lr {args.lr:g}, seed "
+        f"iterations, batch {args.batch_size}, LR patch {args.patch_size}, lr {lr}, seed "
         f"{args.seed}, the same for every method; training data "
         f"{', '.join(Path(p).name for p in args.train_data)}. Δ is against the float student.",
         "",

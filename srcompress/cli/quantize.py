@@ -14,12 +14,15 @@ import typer
 
 from srcompress.cli import app, training_flags
 from srcompress.cli.common import JSON_OPTION, console, error_console, human_output
+from srcompress.train.distributed import from_environment
 from srcompress.train.progress import training_reporter
 from srcompress.train.quantize import QAT_METHODS, QuantizeSettings, quantize
 
 EXAMPLE = """Examples:
 
   srcompress quantize student.safetensors --w-bits 4 --a-bits 4 --iters 30000 --output runs/w4a4
+
+  srcompress quantize student.safetensors --iters 0       # calibration only (PTQ), in seconds
 
   srcompress quantize student.safetensors --teacher teacher.safetensors --method kd
 
@@ -43,7 +46,9 @@ def quantize_command(
     output, residual Add and ReLU quantised with learned ranges; the output convolution stays
     float unless --quantize-all), calibrates the ranges, fine-tunes, and writes
     quantized.safetensors (which evaluate, info and export take as MODEL), best.safetensors,
-    metrics.json, config.toml and resumable checkpoints into --output.
+    metrics.json, config.toml and resumable checkpoints into --output. The calibrated model is
+    validated before training (iteration 0), so best.safetensors is never worse than it; --iters 0
+    (or --method ptq) stops there: post-training quantization.
     """
     arguments = training_flags.training_arguments(flags, QuantizeSettings)
     reporter = training_reporter(
@@ -58,10 +63,30 @@ def quantize_command(
                   or "none"))
     if report.skipped:
         summary += f"; {report.skipped_sentence()}"
+    if result.metrics["iteration"] == 0 and result.completed:
+        summary += "\nCalibrated only (post-training quantization): no training iterations."
     training_flags.report_run(result, json_path, ("Quantized model", "quantized"), summary,
                               quantization=report.to_dict())
+    if human_output(json_path) and from_environment().is_main:
+        warning = below_start_warning(result.metrics)
+        if warning:
+            console.print(f"[yellow]{warning}[/]")
     if not result.completed:
         raise typer.Exit(130)
+
+
+def below_start_warning(metrics: dict[str, Any]) -> str | None:
+    """A sentence when training ended below the calibrated start it validated at iteration 0."""
+    validations = metrics["validations"]
+    if len(validations) < 2 or validations[0]["iteration"] != 0:
+        return None
+    start, final = validations[0], validations[-1]
+    loss = start["mean_psnr"] - final["mean_psnr"]
+    if loss <= 0:
+        return None
+    return (f"Training ended {loss:.3f} dB below its calibrated start (iteration 0, "
+            f"{', '.join(start['results'])}): best.safetensors holds the better model; "
+            "a lower --lr or fewer --iters avoid the loss.")
 
 
 training_flags.add_training_flags(

@@ -37,7 +37,8 @@ METHOD_PANEL = "Method options (a flag applies to the methods named in its help)
 
 _NO_VALIDATION = inspect.Parameter(
     "no_validation", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
-        False, "--no-validation", help="Train without validating (no best.safetensors)."))
+        False, "--no-validation", help="Validate on no benchmark: distill then writes no "
+        "best.safetensors; quantize validates on held-out training patches instead."))
 # Flags that are not settings keys: where the settings come from.
 _SOURCE_FLAGS: dict[str, tuple[Any, Any]] = {
     "config": (Path | None, typer.Option(
@@ -206,13 +207,25 @@ def _print_validations(metrics: Mapping[str, Any]) -> None:
     validations = metrics["validations"]
     if not validations:
         return
-    last, best = validations[-1], metrics["best"]
+    first, last, best = validations[0], validations[-1], metrics["best"]
+    # A run that validated its starting weights (quantization) shows them too.
+    start = first if first["iteration"] == 0 and last["iteration"] != 0 else None
     table = Table(title="Validation (Y-PSNR / SSIM)")
     table.add_column("benchmark")
+    if start is not None:
+        table.add_column("start (iter 0)", justify="right")
     table.add_column(f"final (iter {last['iteration']})", justify="right")
     table.add_column(f"best (iter {best['iteration']})", justify="right")
     for name, final in last["results"].items():
-        top = best["results"][name]
-        table.add_row(name, f"{final['psnr']:.2f} dB / {final['ssim']:.4f}",
-                      f"{top['psnr']:.2f} dB / {top['ssim']:.4f}")
+        scores = [final, best["results"][name]]
+        if start is not None:
+            scores.insert(0, start["results"][name])
+        table.add_row(name, *(_score(result) for result in scores))
     console.print(table)
+
+
+def _score(result: Mapping[str, float]) -> str:
+    """PSNR / SSIM (validation on tiny patches has no SSIM)."""
+    if "ssim" not in result:
+        return f"{result['psnr']:.2f} dB"
+    return f"{result['psnr']:.2f} dB / {result['ssim']:.4f}"

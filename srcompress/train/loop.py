@@ -71,6 +71,9 @@ class TrainSettings:
     val_every: int = 5000
     save_every: int = 1000
     log_every: int = 100
+    # Validate the starting weights too (iteration 0), so that a run starting from a trained
+    # model keeps them as best.safetensors unless training beats them.
+    validate_start: bool = False
 
 
 def learning_rate(settings: TrainSettings, iteration: int) -> float:
@@ -305,17 +308,24 @@ class Trainer:
     def train(self) -> bool:
         """Train up to `settings.iters`; returns False when stopped early by Ctrl-C/SIGTERM."""
         settings = self.settings
+        if self.iteration == 0 and self.validate is not None and self.record.start is None:
+            if settings.validate_start:  # a validation like any other, best.safetensors so far
+                self._validate(0)
+                self.record.start = self.record.validations[-1]
+            else:
+                self.record.start = self._measure(0)
+        if self.iteration >= settings.iters:  # nothing to train (e.g. calibration only)
+            self.save_checkpoint()
+            self.place.barrier()
+            return True
         self.reporter.start(settings.iters, self.iteration)
         loader = patch_loader(self.batches, self.iteration, settings.iters, settings.workers,
                               pin_memory=self.device.type == "cuda",
                               worker_init_fn=_ignore_stop_signals)
         window: dict[str, list[float]] = {}
         completed = True
-        if self.iteration == 0:
-            if self.validate is not None and self.record.start is None:
-                self.record.start = self._measure(0)
-            if self.record.start_loss is None:
-                self.record.start_loss = self.probe_loss()
+        if self.iteration == 0 and self.record.start_loss is None:
+            self.record.start_loss = self.probe_loss()
         with _StopRequest() as stop:
             batches: Iterator[tuple[Tensor, Tensor]] = iter(loader)
             while self.iteration < settings.iters:

@@ -7,6 +7,13 @@ Trainer, run folder, progress, validation and resume as `distill`, with the full
 (or `teacher`) as the frozen teacher. `method="dukd"` (default) trains on DUKD's upcycled data
 too, `"kd"` on the pairs only, `"none"` with the plain L1 loss.
 
+Post-training quantization is the same run with no iterations (`iters=0`, or `method="ptq"`):
+calibrate, validate, write `quantized.safetensors`. Every run validates its calibrated start at
+iteration 0 (`Job.starts_trained`; on held-out training patches when there are no validation
+benchmarks), so `best.safetensors` is never worse than post-training quantization would have
+been. `trainable="ranges"` trains only the clipping ranges and leaves the float weights as they
+are.
+
 Settings resolve as in `distill` (see `srcompress.train.settings`). The run folder holds
 `quantized.safetensors` (the final, EMA, weights with their quantisation parameters and the
 `quant` metadata that `load_model` rebuilds them from) instead of `student.safetensors`.
@@ -49,6 +56,14 @@ from srcompress.train.settings import Resume, TrainingSettings, setting
 
 # `none` is the comparison without a teacher: the student's own L1 loss (the `scratch` method).
 QAT_METHODS = {"dukd": "dukd", "kd": "kd", "none": "scratch"}
+# `ptq` calibrates only (post-training quantization, the same as --iters 0); it trains nothing,
+# so it needs no teacher, like `scratch`.
+PTQ = "ptq"
+QUANTIZE_METHODS = {**QAT_METHODS, PTQ: "scratch"}
+TRAINABLE = ("all", "ranges")
+# QAT's default learning rate by bit-width (see `default_learning_rate`): measured at 8, 6, 4 and
+# 2 bits, interpolated on a log scale at 7 and 5.
+DEFAULT_LEARNING_RATES = {8: 1e-5, 7: 1.8e-5, 6: 3.2e-5, 5: 1e-4, 4: 3.2e-4, 3: 3.2e-4, 2: 3.2e-4}
 QUANTIZED_FILE = "quantized.safetensors"
 
 
@@ -70,25 +85,41 @@ class QuantizeSettings(TrainingSettings):
     calibration_batches: int = setting(
         8, help="Training batches that set the initial activation ranges (default: 8).")
     method: str = setting(
-        "dukd", help="dukd (upcycled data + KD), kd, or none (plain L1) (default: dukd).")
+        "dukd", help="dukd (upcycled data + KD), kd, none (plain L1), or ptq (calibrate only, "
+        "no training: the same as --iters 0) (default: dukd).")
+    trainable: str = setting(
+        "all", help="What QAT trains: all (weights and quantization ranges) or ranges (only "
+        "the clipping ranges; the float weights stay as they are) (default: all).")
     scale: int | None = setting(
         None, help="Upscaling factor; must be the model's (default: the model's).")
+    # None: chosen by bit-width (`default_learning_rate`), written resolved into config.toml.
+    lr: float | None = setting(
+        None, help="Adam learning rate (default: by the coarser of --w-bits/--a-bits: 1e-5 at "
+        "8 bits, 3.2e-5 at 6, 3.2e-4 at 4 and below; measured in docs/results.md).")
     # Fine-tuning starts from a trained model, so it needs far fewer iterations than distillation.
     iters: int = setting(30_000, resume=Resume.CHANGES,
-                         help="Training iterations (default: 30000).")
+                         help="Training iterations; 0 calibrates only (post-training "
+                         "quantization) (default: 30000).")
     output: Path | None = setting(
         None, resume=Resume.CHANGES,
         help="Run folder (default: runs/<model-stem>-w<W>a<A>-<method>-<date>).")
 
     COMMAND: typing.ClassVar[str] = "quantize MODEL"
+    MIN_ITERS: typing.ClassVar[int] = 0
 
     def check(self) -> QuantizeSettings:
         if self.model is None:
             raise UserInputError("quantize needs a MODEL: the full-precision checkpoint to "
                                  "quantize.")
-        if self.method not in QAT_METHODS:
+        if self.method not in QUANTIZE_METHODS:
             raise UserInputError(f"--method {self.method} is not a quantization method: use "
-                                 f"{', '.join(QAT_METHODS)}.")
+                                 f"{', '.join(QUANTIZE_METHODS)}.")
+        if self.method == PTQ and self.iters != 0:
+            raise UserInputError(f"--method ptq calibrates only, so --iters {self.iters} would be "
+                                 "ignored: drop --iters, or choose dukd, kd or none to train.")
+        if self.trainable not in TRAINABLE:
+            raise UserInputError(f"--trainable {self.trainable} is unknown: use "
+                                 f"{' or '.join(TRAINABLE)}.")
         check_bits(self.w_bits, "--w-bits")
         check_bits(self.a_bits, "--a-bits")
         if self.scope not in ("body", "all"):
@@ -97,7 +128,22 @@ class QuantizeSettings(TrainingSettings):
         if self.calibration_batches < 1:
             raise UserInputError(f"--calibration-batches must be a whole number of at least 1, "
                                  f"got {self.calibration_batches}.")
+        if self.lr is None:
+            self.lr = default_learning_rate(self.w_bits, self.a_bits)
         return super().check()
+
+
+def default_learning_rate(w_bits: int, a_bits: int) -> float:
+    """QAT's learning rate when none is given, by the coarser of the two grids (it dominates the
+    error): `DEFAULT_LEARNING_RATES`, measured in docs/results.md (benchmarks/qat_defaults.py).
+
+    Adam moves every weight by about the learning rate at each step, whatever its gradient. A
+    converged model calibrated at 8 bits is already close to its float self: twenty steps of 1e-4
+    (distillation's rate) cost a converged EDSR 0.22 dB below its calibrated start, while 1e-5
+    keeps it there and gains slowly. At 4 and 2 bits calibration loses decibels and the grid is 16
+    to 64 times coarser; 1e-5 recovers a fraction of what 3.2e-4 does in the same iterations.
+    """
+    return DEFAULT_LEARNING_RATES[min(w_bits, a_bits)]
 
 
 @dataclass(frozen=True)
@@ -121,6 +167,7 @@ def quantize(
     scope: str | None = None,
     strict: bool | None = None,
     calibration_batches: int | None = None,
+    trainable: str | None = None,
     train_data: Sequence[str | Path] | None = None,
     val_benchmarks: Sequence[str] | None = None,
     scale: int | None = None,
@@ -162,6 +209,8 @@ def quantize(
     given = QuantizeSettings.from_arguments(locals())
     if config is not None:
         given = {**QuantizeSettings.read_config(config), **given}
+    if given.get("method") == PTQ and "iters" not in given:
+        given["iters"] = 0
     settings = QuantizeSettings.resolve(given, resume)
     job = QuantizeJob()
     result = run_training(settings, job, resume, reporter, force)
@@ -173,7 +222,8 @@ class QuantizeJob(Job[QuantizeSettings]):
     weights (or `--teacher`)."""
 
     weights_name = QUANTIZED_FILE
-    method_names = QAT_METHODS
+    method_names = QUANTIZE_METHODS
+    starts_trained = True
 
     def __init__(self) -> None:
         self.loaded: LoadedModel | None = None
@@ -191,9 +241,12 @@ class QuantizeJob(Job[QuantizeSettings]):
         settings.scale = loaded.scale
         self.warnings = task_defaults(settings, model_task(loaded), "model")
         self.teacher = self._teacher(settings, loaded, method.needs_teacher)
+        float_parameters = list(loaded.module.parameters())
         loaded.module, self.report = quantize_model(loaded.module, settings.w_bits,
                                                     settings.a_bits, settings.scope,
                                                     strict=settings.strict)
+        if settings.trainable == "ranges":
+            _freeze(float_parameters, loaded.module)
         self.loaded = loaded
         settings.model = settings.model.resolve()
         if settings.teacher is not None:
@@ -205,9 +258,10 @@ class QuantizeJob(Job[QuantizeSettings]):
         """The frozen teacher: `--teacher`, else the model's own full-precision weights."""
         if not needed:
             if settings.teacher is not None:
-                raise UserInputError(f"--method {settings.method} trains without a teacher, so "
-                                     "--teacher would be ignored: drop it or use --method "
-                                     "kd/dukd.")
+                does = ("calibrates only" if settings.method == PTQ
+                        else "trains without a teacher")
+                raise UserInputError(f"--method {settings.method} {does}, so --teacher would be "
+                                     "ignored: drop it or use --method kd/dukd.")
             return None
         if settings.teacher is None:
             return copy.deepcopy(loaded.module).eval().requires_grad_(False)
@@ -226,13 +280,16 @@ class QuantizeJob(Job[QuantizeSettings]):
         return self.loaded
 
     def output_name(self, settings: QuantizeSettings) -> str:
-        return f"{settings.model.stem}-w{settings.w_bits}a{settings.a_bits}-{settings.method}"
+        method = PTQ if settings.iters == 0 else settings.method
+        return f"{settings.model.stem}-w{settings.w_bits}a{settings.a_bits}-{method}"
 
     def summary(self, settings: QuantizeSettings) -> str:
         report = self.report
         skipped = f"{report.skipped_sentence()}; " if report.skipped else ""
+        trained = ("calibration only (post-training quantization)" if settings.iters == 0
+                   else f"training {settings.trainable}")
         return (f"{skipped}w{settings.w_bits}a{settings.a_bits} on {len(report.quantized)} "
-                f"layers ({len(report.full_precision)} kept in full precision)")
+                f"layers ({len(report.full_precision)} kept in full precision), {trained}")
 
     def before_training(self, settings: QuantizeSettings, module: nn.Module,
                         batches: PatchBatches, device: torch.device) -> None:
@@ -254,7 +311,21 @@ class QuantizeJob(Job[QuantizeSettings]):
         return settings.teacher if settings.teacher is not None else settings.model
 
     def weights_metadata(self, settings: QuantizeSettings) -> dict[str, Any]:
-        teacher = (settings.teacher.name if settings.teacher is not None
-                   else f"{settings.model.name} (full precision)")
-        return {"quant": self.report.metadata(), "quant_method": settings.method,
+        if settings.iters == 0:
+            method, teacher = PTQ, "none (calibration only)"
+        else:
+            method = settings.method
+            teacher = (settings.teacher.name if settings.teacher is not None
+                       else f"{settings.model.name} (full precision)")
+        return {"quant": self.report.metadata(), "quant_method": method,
                 "quant_teacher": teacher, "quantized_from": settings.model.name}
+
+
+def _freeze(float_parameters: list[nn.Parameter], module: nn.Module) -> None:
+    """Trains only what quantization added (the clipping ranges): the float model's own
+    parameters, which the quantized layers keep as they are, stop receiving gradients."""
+    for parameter in float_parameters:
+        parameter.requires_grad_(False)
+    if not any(parameter.requires_grad for parameter in module.parameters()):
+        raise UserInputError("--trainable ranges found no quantization range to train in this "
+                             "model: use --trainable all.")

@@ -41,6 +41,7 @@ from srcompress.data.degradation import (
 from srcompress.data.training import (
     PatchBatches,
     TrainingImages,
+    iteration_seed,
     load_training_images,
     memory_bytes,
 )
@@ -51,15 +52,25 @@ from srcompress.evaluation import evaluate
 from srcompress.files import sha256_of_file
 from srcompress.methods import Method, create_method
 from srcompress.methods.base import CachedTargets
+from srcompress.metrics import psnr, ssim, to_uint8
 from srcompress.models import LoadedModel, Task, save_model
 from srcompress.train import distributed
 from srcompress.train.distributed import Distributed
-from srcompress.train.loop import Reporter, Trainer, ValidationResults
+from srcompress.train.loop import Reporter, Trainer, ValidationResults, training_batch
 from srcompress.train.settings import TrainingSettings
 from srcompress.train.state import RunFolder
 
 Settings = TypeVar("Settings", bound=TrainingSettings)
 WeightWriter = Callable[[str, nn.Module, Mapping[str, Any]], None]
+
+# `patch_validator`: how many LR patches, of which side at most, from which random stream (the
+# training batches use streams 0-2), and the name its results go by in metrics.json.
+VALIDATION_PATCHES = 32
+VALIDATION_PATCH = 48
+VALIDATION_STREAM = 7
+TRAINING_PATCHES = "training patches"
+MAX_PATCH_PSNR = 100.0  # a flat patch reproduced exactly has an infinite PSNR
+SSIM_WINDOW = 11
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,11 @@ class Job(ABC, Generic[Settings]):
 
     weights_name: ClassVar[str]  # the final weights file in the run folder
     method_names: ClassVar[Mapping[str, str] | None] = None  # the command's method → registry
+
+    # The student starts from a trained model (quantization): the run validates it at iteration 0
+    # and, without validation benchmarks, on held-out training patches (`patch_validator`), so
+    # best.safetensors is never worse than what the run started from.
+    starts_trained: ClassVar[bool] = False
 
     teacher: nn.Module | None = None
     warnings: tuple[str, ...] = ()  # what `load` found worth telling the user
@@ -162,8 +178,12 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
                 f"warning: the student has {student.parameters:,} parameters, more than the "
                 f"teacher's {teacher_size:,}; distillation is meant to make a smaller model.")
     data = load_training_images(settings.train_data, student.scale, settings.patch_size)
-    validate = (validator(settings, student.scale, device) if settings.val_benchmarks
-                else None)
+    if settings.val_benchmarks:
+        validate = validator(settings, student.scale, device)
+    elif job.starts_trained:
+        validate = patch_validator(data, settings.seed, degradation, device)
+    else:
+        validate = None
     save_weights = weight_writer(student, settings, degradation=settings.degradation,
                                  **job.weights_metadata(settings))
 
@@ -198,8 +218,10 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
                 speaking.message(note)
         if not resume:
             job.before_training(settings, student.module, batches, device)
-        trainer = Trainer(student.module, job.teacher, method, batches, settings.loop_settings(),
-                          device, run, place, validate=validate, save_weights=save_weights,
+        loop_settings = dataclasses.replace(settings.loop_settings(),
+                                            validate_start=job.starts_trained)
+        trainer = Trainer(student.module, job.teacher, method, batches, loop_settings, device,
+                          run, place, validate=validate, save_weights=save_weights,
                           reporter=reporter, degradation=on_device_degradation(degradation),
                           cached_targets=cached_targets)
         completed = train_to_end(trainer, run, place, checkpoint, save_weights)
@@ -269,6 +291,44 @@ def validator(settings: TrainingSettings, scale: int,
                           device=str(device))
         return {result["benchmark"]: {"psnr": result["psnr"], "ssim": result["ssim"]}
                 for result in report["results"]}
+
+    return validate
+
+
+def patch_validator(data: TrainingImages, seed: int, degradation: Degradation,
+                    device: torch.device) -> Callable[[nn.Module], ValidationResults]:
+    """Y-PSNR/SSIM on fixed LR/HR patches of the training images, for runs without benchmarks.
+
+    The patches (and their degradation, in a real-world run) come from their own random stream,
+    not any iteration's batch, without flips, so they are the same at every validation and on
+    resume; they are cut from the training images, so they measure how well the model fits its
+    data rather than how it generalises, which is what deciding "never worse than the start"
+    needs.
+    """
+    side = min(VALIDATION_PATCH, *(min(image.lr.shape[1:]) for image in data.images))
+    validation_seed = iteration_seed(seed, 0, 0, stream=VALIDATION_STREAM)
+    clean_lr, hr, _ = PatchBatches(data, side, VALIDATION_PATCHES, validation_seed,
+                                   augment=False)[0]
+    batch = training_batch(clean_lr.to(device), hr.to(device), data.scale,
+                           on_device_degradation(degradation), validation_seed, 0, 0)
+    lr_patches, hr_patches = batch.lr, batch.hr.cpu()
+    scale = data.scale
+    with_ssim = (side - 2) * scale >= SSIM_WINDOW  # tiny patches: PSNR only
+
+    @torch.no_grad()
+    def validate(module: nn.Module) -> ValidationResults:
+        psnrs, ssims = [], []
+        for lr, targets in zip(lr_patches.split(8), hr_patches.split(8), strict=True):
+            outputs = module(lr).float().cpu()
+            for output, target in zip(outputs, targets, strict=True):
+                sr, truth = to_uint8(output), to_uint8(target)
+                psnrs.append(min(psnr(sr, truth, crop_border=scale), MAX_PATCH_PSNR))
+                if with_ssim:
+                    ssims.append(ssim(sr, truth, crop_border=scale))
+        results = {"psnr": sum(psnrs) / len(psnrs)}
+        if with_ssim:
+            results["ssim"] = sum(ssims) / len(ssims)
+        return {TRAINING_PATCHES: results}
 
     return validate
 

@@ -155,6 +155,8 @@ class TrainingSettings:
 
     # The line at the top of config.toml that repeats the run (set by each command).
     COMMAND: typing.ClassVar[str] = ""
+    # The fewest iterations a run may ask for (quantize allows 0: calibration only).
+    MIN_ITERS: typing.ClassVar[int] = 1
 
     @classmethod
     def key_names(cls) -> list[str]:
@@ -254,7 +256,10 @@ class TrainingSettings:
     def check(self: Settings) -> Settings:
         """Refuses out-of-range values before any work starts; a command's subclass adds its
         own checks. Returns the settings."""
-        for key in ("iters", "batch_size", "patch_size", "val_every", "save_every", "log_every"):
+        if self.iters < self.MIN_ITERS:
+            raise UserInputError(f"--iters must be a whole number of at least {self.MIN_ITERS}, "
+                                 f"got {self.iters}.")
+        for key in ("batch_size", "patch_size", "val_every", "save_every", "log_every"):
             if getattr(self, key) < 1:
                 raise UserInputError(f"{self.flag(key)} must be a whole number of at least 1, got "
                                      f"{show(getattr(self, key))}.")
