@@ -111,16 +111,20 @@ def onnx_providers(device: str, tensorrt: bool = True) -> list[Provider]:
 
 def onnx_session(path: str | os.PathLike[str], device: str = "auto",
                  tensorrt: bool = True,
-                 optimized_model: str | os.PathLike[str] | None = None) -> Any:
+                 optimized_model: str | os.PathLike[str] | None = None,
+                 reference: bool = False) -> Any:
     """An onnxruntime `InferenceSession` of `path` on `--device` (see `onnx_providers`), with
     onnxruntime's own log quiet below errors. Loading errors are the caller's to word.
 
     `optimized_model` names a file where onnxruntime writes the graph it built (after its
-    fusions), to read what it really runs."""
+    fusions), to read what it really runs. `reference` turns every graph optimisation off, so
+    each node runs as ONNX defines it (a Q/DQ graph in float between its Q/DQ pairs)."""
     onnxruntime = import_onnxruntime()
     _warn_if_both_packages()
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    if reference:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_model is not None:
         options.optimized_model_filepath = os.fspath(optimized_model)
     return onnxruntime.InferenceSession(os.fspath(path), options,

@@ -29,6 +29,8 @@ EXAMPLE = """Examples:
   srcompress export student.safetensors --onnx --fp16 --output deploy/student-fp16.onnx
 
   srcompress export student.safetensors --onnx --static --input-size 256x256 --json -
+
+  srcompress export runs/w8a8/quantized.safetensors --onnx --target tensorrt
 """
 
 
@@ -67,6 +69,11 @@ def export(
         help="Quantized models of 4 weight bits or fewer: INT4 weights cast to INT8 at load "
         "(cast, default: half the file, integer kernels), INT4 read by DequantizeLinear (dq: "
         "float kernels on onnxruntime's CPU), or 8-bit containers (none)."),
+    runtime: str = typer.Option(
+        "onnxruntime", "--target", metavar="onnxruntime|tensorrt",
+        help="Runtime a quantized model's Q/DQ nodes are written for: onnxruntime (uint8, fused "
+        "by its CPU kernels; default) or tensorrt (int8 with zero point 0, float biases, 8-bit "
+        "weights; verified here with onnxruntime, not with TensorRT)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     arch: str | None = inference_flags.ARCH_OPTION,
     json_path: str | None = JSON_OPTION,
@@ -93,7 +100,7 @@ def export(
         try:
             report = export_onnx(loaded, target, opset=opset, dynamic=dynamic, input_size=size,
                                  fp16=fp16, force=force, atol=atol, verify_image=verify_image,
-                                 exporter=exporter, int4=int4,
+                                 exporter=exporter, int4=int4, target=runtime,
                                  progress=lambda message: status.update(message))
         except VerificationFailedError as failure:
             if human_output(json_path):
@@ -116,7 +123,8 @@ def _print(report: ExportReport, written: bool) -> None:
     if report.qdq_nodes:
         table.add_row("Q/DQ nodes", ", ".join(f"{k} {v}" for k, v in report.qdq_nodes.items()))
     if "quant_storage" in report.metadata:
-        table.add_row("quantization", f"{report.metadata.get('quant_bits', '')}: "
+        table.add_row("quantization", f"{report.metadata.get('quant_bits', '')} for "
+                      f"{report.metadata.get('quant_target', 'onnxruntime')}: "
                       f"{report.metadata['quant_storage']}; weights: "
                       f"{report.metadata.get('quant_weight_storage', '')}")
     if report.runtime_ops is not None:

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.export.qdq import (
     INT4_FORMS,
     QDQ_OPSET,
+    TARGETS,
     qdq_export_mode,
     runtime_operator_counts,
 )
@@ -54,6 +56,7 @@ from srcompress.export.verify import (
     DEFAULT_ATOL,
     crop_or_resize,
     onnxruntime_difference,
+    reference_difference,
     torch_outputs,
     verification_image,
     verification_sizes,
@@ -100,9 +103,17 @@ class ExportReport:
     qdq_nodes: dict[str, int] | None = None
     runtime_ops: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # The TensorRT form: verification runs its onnxruntime form (the same model in uint8, which
+    # onnxruntime fuses into the kernels QAT simulates) against PyTorch, and this is the largest
+    # difference between the two files with every graph optimisation off (0: the same results).
+    form_difference: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# TensorRT's form keeps 8-bit weight containers; onnxruntime's packs INT4 and casts it at load.
+_DEFAULT_INT4 = {"onnxruntime": "cast", "tensorrt": "none"}
 
 
 class VerificationFailedError(WorkFailedError):
@@ -117,7 +128,7 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
                 dynamic: bool = True, input_size: tuple[int, int] | None = None,
                 fp16: bool = False, force: bool = False, atol: float | None = None,
                 verify_image: str | Path | None = None, exporter: str = "auto",
-                int4: str | None = None,
+                int4: str | None = None, target: str = "onnxruntime",
                 progress: ProgressCallback | None = None) -> ExportReport:
     """Export `model` to `output` (.onnx) and verify it with onnxruntime against PyTorch.
 
@@ -126,7 +137,10 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
     width are symbolic and `input_size` (h, w) only sets the traced and verified size; static
     exports need it. `exporter` is `auto` (TorchScript, else dynamo), `torchscript` or `dynamo`.
     `int4` chooses how a quantized model's weights of 4 bits or fewer are stored (see
-    `srcompress.export.qdq`; default "cast"); a float model refuses it.
+    `srcompress.export.qdq`; default "cast"); a float model refuses it. `target` is the runtime
+    a quantized model's Q/DQ nodes are written for: "onnxruntime" (uint8, fused by its CPU
+    kernels) or "tensorrt" (int8 with zero point 0 and float biases, still verified here with
+    onnxruntime, which runs that form too).
     Raises UserInputError for bad arguments, an existing output without `force`, an unwritable
     folder or an architecture that cannot be exported (naming the operator), and
     VerificationFailedError (a WorkFailedError) when the file does not reproduce PyTorch; in
@@ -138,7 +152,7 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
     precision = "int8" if quantized else "fp16" if fp16 else "fp32"
     tolerance = DEFAULT_ATOL[precision] if atol is None else atol
     _check_arguments(output, opset, dynamic, input_size, fp16, quantized, force, tolerance,
-                     exporter, int4)
+                     exporter, int4, target)
     image, image_label = verification_image(verify_image)
     sizes = verification_sizes(image, dynamic, input_size)
     inputs = [crop_or_resize(image, size)[None] for size in sizes]
@@ -149,7 +163,8 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
         started = time.perf_counter()
         if quantized:
             proto, qdq_nodes = _export_quantized(module, inputs[0], temporary, opset, dynamic,
-                                                 model.arch, int4 or "cast")
+                                                 model.arch, int4 or _DEFAULT_INT4[target],
+                                                 target)
             exporter_used = "torchscript"
         else:
             proto, exporter_used = _export_float(module, inputs[0], opset, dynamic, model.arch,
@@ -174,8 +189,18 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
                + ", ".join(f"{h}x{w}" for h, w in sizes))
         started = time.perf_counter()
         references = torch_outputs(module, inputs)
-        differences, provider, reason = onnxruntime_difference(temporary, inputs, references,
-                                                                precision)
+        form_difference = None
+        if target == "tensorrt":
+            with tempfile.TemporaryDirectory() as folder:
+                runtime_form = Path(folder) / "onnxruntime.onnx"
+                _export_quantized(module, inputs[0], runtime_form, opset, dynamic, model.arch,
+                                  "none", "onnxruntime")
+                differences, provider, reason = onnxruntime_difference(
+                    runtime_form, inputs, references, precision)
+                form_difference = reference_difference(temporary, runtime_form, inputs)
+        else:
+            differences, provider, reason = onnxruntime_difference(temporary, inputs, references,
+                                                                    precision)
         worst, p99 = differences if differences else (None, None)
         runtime_ops = runtime_operator_counts(temporary) if quantized else None
         difference = p99 if quantized else worst
@@ -184,13 +209,20 @@ def export_onnx(model: LoadedModel, output: str | Path, opset: int | None = None
             output=str(output), architecture=model.arch, scale=model.scale, precision=precision,
             exporter=exporter_used, opset=actual_opset, dynamic=dynamic,
             input_shape=_input_shape(proto),
-            verified=difference is not None and difference <= tolerance,
+            verified=(difference is not None and difference <= tolerance
+                      and form_difference in (None, 0.0)),
             max_abs_diff=worst, p99_abs_diff=p99, atol=tolerance, verification_provider=provider,
             verification_image=image_label, verification_sizes=[list(size) for size in sizes],
             not_verified_reason=reason, export_seconds=round(export_seconds, 3),
             verify_seconds=round(time.perf_counter() - started, 3),
             file_bytes=temporary.stat().st_size, qdq_nodes=qdq_nodes, runtime_ops=runtime_ops,
-            metadata={entry.key: entry.value for entry in proto.metadata_props})
+            metadata={entry.key: entry.value for entry in proto.metadata_props},
+            form_difference=form_difference)
+        if form_difference not in (None, 0.0):
+            raise VerificationFailedError(
+                f"Verification failed: the TensorRT form differs from the onnxruntime form by up "
+                f"to {form_difference:.3g} under ONNX's reference semantics; {output} was not "
+                "written.", report)
         if difference is not None and not difference <= tolerance:
             raise VerificationFailedError(
                 f"Verification failed: onnxruntime ({provider}) differs from PyTorch by "
@@ -235,12 +267,23 @@ def _is_quantized(model: LoadedModel) -> bool:
 
 def _check_arguments(output: Path, opset: int | None, dynamic: bool,
                      input_size: tuple[int, int] | None, fp16: bool, quantized: bool,
-                     force: bool, atol: float, exporter: str, int4: str | None) -> None:
+                     force: bool, atol: float, exporter: str, int4: str | None,
+                     target: str) -> None:
     if int4 is not None and not quantized:
         raise UserInputError("--int4 applies to quantized models only, and this one is float: "
                              "quantize it with `srcompress quantize --w-bits 4` first.")
     if int4 is not None and int4 not in INT4_FORMS:
         raise UserInputError(f"--int4 {int4} is unknown: use {', '.join(INT4_FORMS)}.")
+    if target not in TARGETS:
+        raise UserInputError(f"--target {target} is unknown: use {', '.join(TARGETS)}.")
+    if target != "onnxruntime" and not quantized:
+        raise UserInputError(f"--target {target} chooses the Q/DQ form of a quantized model, and "
+                             "this one is float (its ONNX file runs on any runtime): drop "
+                             "--target.")
+    if target == "tensorrt" and int4 not in (None, "none"):
+        raise UserInputError("--target tensorrt keeps 8-bit weight containers (TensorRT takes "
+                             "INT4 weights only for weight-only matrix products, not "
+                             f"convolutions): drop --int4 {int4}.")
     if exporter not in EXPORTERS:
         raise UserInputError(f"--exporter {exporter} is unknown: use {', '.join(EXPORTERS)}.")
     if quantized and exporter == "dynamo":
@@ -339,11 +382,11 @@ def _export_dynamo(module: nn.Module, sample: Tensor, opset: int | None, dynamic
 
 
 def _export_quantized(module: nn.Module, sample: Tensor, temporary: Path, opset: int | None,
-                      dynamic: bool, arch: str,
-                      int4: str) -> tuple[onnx.ModelProto, dict[str, int]]:
+                      dynamic: bool, arch: str, int4: str,
+                      target: str) -> tuple[onnx.ModelProto, dict[str, int]]:
     opset_version = max(opset or QDQ_OPSET, QDQ_OPSET)
     try:
-        with _quiet_exporter(), qdq_export_mode(module, int4) as qdq:
+        with _quiet_exporter(), qdq_export_mode(module, int4, target) as qdq:
             torch.onnx.export(module, (sample,), str(temporary), dynamo=False,
                               input_names=["input"], output_names=["output"],
                               opset_version=opset_version,

@@ -13,7 +13,15 @@ and bias equal to its integers times their scales. `finalize` finds those consta
 stores the integers (int8 weights per output channel, int32 bias in the unit input step × weight
 step, as QLinearConv holds it) and puts a DequantizeLinear in front of each, so the runtime sees
 DQ → Conv → Q groups and runs QLinearConv, with QLinearAdd/QLinearMul/QLinearConcat... around
-them. The explicit QDQ form is also what TensorRT consumes on GPUs.
+them.
+
+TensorRT consumes explicit Q/DQ too, but only int8 with zero point 0, float biases and nothing
+between a QuantizeLinear and its DequantizeLinear. `target="tensorrt"` writes that form: the same
+grid shifted by the zero point (uint8 with zero point 2^(b-1) is int8 with zero point 0, exactly),
+the b-bit range as a float Clip before each QuantizeLinear, the bias as the float value of its
+int32, 8-bit weight containers. It is exact for signed tensors at any bit-width and for ReLU
+outputs of at most 127 levels: below 8 bits always, at 8 bits only when the model was quantized
+on the int8 grid (`quantize_model(..., target="tensorrt")`); otherwise the export refuses.
 
 Weights of 4 bits and fewer are stored packed as INT4 (opset 21) so the file is about half an
 8-bit one. ONNX Runtime's CPU integer convolution does not accept INT4 weights (its QDQ selector
@@ -46,6 +54,7 @@ from srcompress.quant.graph import activation_quantizers, quantization_settings,
 QDQ_OPSET = 17
 INT4_OPSET = 21
 INT4_FORMS = ("cast", "dq", "none")
+TARGETS = ("onnxruntime", "tensorrt")
 _INT4_FORM_NOTE = {
     "cast": "INT4 packed weights, cast to INT8 when onnxruntime loads the file (its integer "
             "convolution takes 8-bit weights only)",
@@ -71,10 +80,11 @@ class QDQExport:
     """What the QDQ export needs after tracing: each layer's integers and the metadata."""
 
     def __init__(self, layers: dict[str, LayerIntegers], metadata: dict[str, str],
-                 int4: str) -> None:
+                 int4: str, target: str) -> None:
         self.layers = layers
         self.metadata = metadata
         self.int4 = int4
+        self.target = target
 
     def finalize(self, path: str | Path) -> dict[str, int]:
         """Rewrite the exported file with integer weights and biases, atomically.
@@ -84,12 +94,15 @@ class QDQExport:
         """
         path = Path(path)
         proto = onnx.load(str(path))
-        missing = store_integer_weights(proto, self.layers)
+        missing = store_integer_weights(proto, self.layers,
+                                        integer_bias=self.target == "onnxruntime")
         if missing:
             raise WorkFailedError(
                 f"the exported graph {path} has no constant weights for quantized layer "
                 f"'{missing[0]}': export it with the TorchScript exporter (dynamo=False).")
-        packed = self.int4 != "none" and any(layer.bits <= 4 for layer in self.layers.values())
+        repeat_multiply_quantized(proto)
+        packed = (self.target == "onnxruntime" and self.int4 != "none"
+                  and any(layer.bits <= 4 for layer in self.layers.values()))
         if packed:
             proto = onnx.version_converter.convert_version(proto, INT4_OPSET)
             pack_int4_weights(proto, self.layers, self.int4)
@@ -107,14 +120,21 @@ class QDQExport:
 
 
 @contextmanager
-def qdq_export_mode(module: nn.Module, int4: str = "cast") -> Iterator[QDQExport]:
+def qdq_export_mode(module: nn.Module, int4: str = "cast",
+                    target: str = "onnxruntime") -> Iterator[QDQExport]:
     """Switch the fake-quant layers to their QDQ-emitting forward while the model is traced.
 
-    Raises UserInputError on a model without quantised layers or an unknown `int4` form.
+    `target` is "onnxruntime" (uint8 activations, int32 biases, INT4 weights as `int4` says) or
+    "tensorrt" (int8 with zero point 0, float biases, int8 weights; see the module docstring).
+    Raises UserInputError on a model without quantised layers, an unknown form, or a model the
+    TensorRT form cannot hold exactly.
     """
     if int4 not in INT4_FORMS:
         raise UserInputError(f"the INT4 weight form {int4!r} is unknown: use "
                              f"{', '.join(INT4_FORMS)}.")
+    if target not in TARGETS:
+        raise UserInputError(f"the export target {target!r} is unknown: use "
+                             f"{', '.join(TARGETS)}.")
     layers = dict(quantized_layers(module))
     if not layers:
         raise UserInputError("the model is not quantized, so it has no Q/DQ export: export it as "
@@ -122,15 +142,19 @@ def qdq_export_mode(module: nn.Module, int4: str = "cast") -> Iterator[QDQExport
     settings = quantization_settings(module)
     assert settings is not None
     quantizers = dict(activation_quantizers(module))
+    if target == "tensorrt":
+        _check_int8_grid(quantizers)
     integers: dict[str, LayerIntegers] = {}
     for quantizer in quantizers.values():
-        quantizer.export_parameters = quantizer.quantization_parameters()
+        quantizer.export_parameters = (*quantizer.quantization_parameters(),
+                                       target == "tensorrt")
     for name, layer in layers.items():
         weight, weight_scale, bias, bias_scale = layer.integer_weights()
         traced_weight = weight.float() * weight_scale.view(-1, 1, 1, 1)
         if bias is not None and bias_scale is not None:
-            traced_bias = bias.double() * bias_scale.double()
-            traced_bias = traced_bias.float()
+            # In float32, as DequantizeLinear computes it: the TensorRT form's float bias is then
+            # the onnxruntime form's dequantised int32 bit for bit.
+            traced_bias = bias.float() * bias_scale.float()
         elif layer.bias is not None:
             traced_bias = (layer.bias.detach() * layer.output_multiplier).float()
         else:
@@ -143,7 +167,8 @@ def qdq_export_mode(module: nn.Module, int4: str = "cast") -> Iterator[QDQExport
             traced_weight.cpu().numpy(),
             traced_bias.cpu().numpy() if traced_bias is not None else None, layer.w_bits)
     try:
-        yield QDQExport(integers, qdq_metadata(settings, len(quantizers)), int4)
+        yield QDQExport(integers, qdq_metadata(settings, len(quantizers), target), int4,
+                        target)
     finally:
         for quantizer in quantizers.values():
             quantizer.export_parameters = None
@@ -151,25 +176,49 @@ def qdq_export_mode(module: nn.Module, int4: str = "cast") -> Iterator[QDQExport
             layer.export_constants = None
 
 
-def qdq_metadata(settings: dict[str, object], quantizers: int) -> dict[str, str]:
+def _check_int8_grid(quantizers: dict[str, Any]) -> None:
+    """Refuse the TensorRT form for a tensor int8 with zero point 0 cannot hold exactly."""
+    for name, quantizer in quantizers.items():
+        zero_point, top = quantizer.quantization_parameters()[1:]
+        if top - zero_point > 127:
+            raise UserInputError(
+                f"tensor '{name.rpartition('.')[2]}' is a ReLU output on the unsigned 8-bit grid "
+                f"(0..{top}), which TensorRT's int8 with zero point 0 cannot hold: quantize the "
+                "model with --target tensorrt (ReLU outputs on 0..127), or export it for "
+                "onnxruntime.")
+
+
+def qdq_metadata(settings: dict[str, Any], quantizers: int,
+                 target: str = "onnxruntime") -> dict[str, str]:
     """What the ONNX file says about its quantisation (bits, storage, number of layers)."""
     w_bits, a_bits, layers = settings["w_bits"], settings["a_bits"], settings["layers"]
-    assert isinstance(w_bits, list) and isinstance(a_bits, list) and isinstance(layers, list)
-    bits = f"w{'/'.join(map(str, w_bits))}a{'/'.join(map(str, a_bits))}"
-    activations = ("uint8 activations" if min(a_bits) == 8 else
-                   f"{bits} activations in uint8, their b-bit range an integer Clip after each "
-                   "QuantizeLinear")
-    return {"quant_format": "qdq", "quant_bits": bits,
-            "quant_storage": f"int8 per-channel weights, int32 bias, {activations}",
-            "quant_layers": str(len(layers)), "quant_activation_quantizers": str(quantizers)}
+    bits = f"w{w_bits}a{a_bits}"
+    if target == "tensorrt":
+        activations = ("int8 activations with zero point 0" if a_bits == 8 else
+                       f"int8 activations with zero point 0, the {a_bits}-bit convolution "
+                       "inputs a float Clip before their QuantizeLinear")
+        storage = f"int8 per-channel weights, float bias, {activations}"
+    else:
+        activations = ("uint8 activations" if a_bits == 8 else
+                       f"uint8 activations, the {a_bits}-bit convolution inputs an integer "
+                       "Clip after their QuantizeLinear")
+        storage = f"int8 per-channel weights, int32 bias, {activations}"
+    metadata = {"quant_format": "qdq", "quant_target": target, "quant_bits": bits,
+                "quant_storage": storage, "quant_layers": str(len(layers)),
+                "quant_activation_quantizers": str(quantizers)}
+    if settings["eight_bit"]:
+        metadata["quant_eight_bit_layers"] = ", ".join(settings["eight_bit"])
+    return metadata
 
 
-def store_integer_weights(proto: onnx.ModelProto, layers: dict[str, LayerIntegers]) -> list[str]:
+def store_integer_weights(proto: onnx.ModelProto, layers: dict[str, LayerIntegers],
+                          integer_bias: bool = True) -> list[str]:
     """Replace each quantised conv's float weight and bias constants by integers + DQ, in place.
 
     Constants are matched by value (the traced constant equals the layer's integers times their
-    scales bit for bit), which does not depend on how the exporter names nodes. Returns the layers
-    whose weights were not found.
+    scales bit for bit), which does not depend on how the exporter names nodes. Without
+    `integer_bias` the bias stays the float value of its int32 (TensorRT takes float biases).
+    Returns the layers whose weights were not found.
     """
     graph = proto.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
@@ -188,10 +237,12 @@ def store_integer_weights(proto: onnx.ModelProto, layers: dict[str, LayerInteger
                 replaced.add(node.input[1])
                 node.input[1] = _add_dequantize(graph, new_nodes, f"{found}.weight", layer.weight,
                                                 layer.weight_scale, axis=0)
-                if len(node.input) > 2 and node.input[2] and layer.bias is not None:
-                    if not np.array_equal(constants.get(node.input[2]), layer.traced_bias):
-                        raise WorkFailedError(f"the bias of quantized layer '{found}' in the "
-                                              "exported graph is not on its int32 grid.")
+                has_bias = len(node.input) > 2 and node.input[2] and layer.bias is not None
+                if has_bias and not np.array_equal(constants.get(node.input[2]),
+                                                   layer.traced_bias):
+                    raise WorkFailedError(f"the bias of quantized layer '{found}' in the "
+                                          "exported graph is not on its int32 grid.")
+                if has_bias and integer_bias:
                     replaced.add(node.input[2])
                     assert layer.bias_scale is not None
                     node.input[2] = _add_dequantize(graph, new_nodes, f"{found}.bias",
@@ -201,6 +252,41 @@ def store_integer_weights(proto: onnx.ModelProto, layers: dict[str, LayerInteger
     graph.node.extend(new_nodes)
     _drop_unused(graph, replaced)
     return list(pending)
+
+
+def repeat_multiply_quantized(proto: onnx.ModelProto) -> int:
+    """Give each QuantizeLinear of a tensor quantised twice its own copy of the operation.
+
+    Below 8 bits a residual Add feeds both the 8-bit stream and a low-bit copy for the next
+    convolution. ONNX Runtime fuses an operation into its integer kernel (QLinearAdd...) only when
+    one QuantizeLinear reads it; repeated, each copy fuses (edsr-baseline w4a4: one more
+    QLinearAdd per block instead of the Adds running in float). Returns the copies made.
+    """
+    graph = proto.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    output_names = {output.name for output in graph.output}
+    nodes, copies = [], 0
+    for node in graph.node:
+        nodes.append(node)
+        if len(node.output) != 1 or node.output[0] in output_names:
+            continue
+        users = readers.get(node.output[0], [])
+        if len(users) < 2 or any(user.op_type != "QuantizeLinear" for user in users):
+            continue
+        for index, user in enumerate(users[1:], start=1):
+            repeated = onnx.NodeProto()
+            repeated.CopyFrom(node)
+            repeated.name = f"{node.name}_repeat{index}"
+            repeated.output[0] = f"{node.output[0]}_repeat{index}"
+            user.input[0] = repeated.output[0]
+            nodes.append(repeated)
+            copies += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return copies
 
 
 def pack_int4_weights(proto: onnx.ModelProto, layers: dict[str, LayerIntegers],

@@ -148,3 +148,21 @@ def onnxruntime_difference(path: Path, inputs: list[Tensor], references: list[np
         differences.append(np.abs(result.astype(np.float64) - reference).ravel())
     everything = np.concatenate(differences)
     return (float(everything.max()), float(np.percentile(everything, 99))), provider, None
+
+
+def reference_difference(first: Path, second: Path, inputs: list[Tensor]) -> float:
+    """Largest |difference| between two ONNX files run with onnxruntime's graph optimisations
+    off (each node as ONNX defines it) on the same inputs: 0 when they compute the same thing.
+
+    It shows that the TensorRT form of a quantized model (int8, zero point 0, float biases) is
+    the onnxruntime form written differently, which ONNX Runtime's own int8 execution cannot:
+    it fuses the two forms into different kernels.
+    """
+    sessions = [onnx_session(path, "cpu", tensorrt=False, reference=True)
+                for path in (first, second)]
+    largest = 0.0
+    for batch in inputs:
+        outputs = [session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
+                   for session in sessions]
+        largest = max(largest, float(np.abs(outputs[0].astype(np.float64) - outputs[1]).max()))
+    return largest

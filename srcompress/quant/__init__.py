@@ -9,6 +9,7 @@ lives in `srcompress.train.quantize`.
 from srcompress.quant.calibration import calibrate
 from srcompress.quant.fakequant import (
     ActivationQuantizer,
+    IntegerPooling,
     QuantConv2d,
     check_bits,
     fake_quantize,
@@ -23,6 +24,7 @@ from srcompress.quant.graph import (
 
 __all__ = [
     "ActivationQuantizer",
+    "IntegerPooling",
     "QuantConv2d",
     "QuantizationReport",
     "calibrate",

@@ -39,16 +39,17 @@ def test_w8a8_after_calibration_stays_within_a_tenth_of_a_db(
 def test_lower_bits_cost_more_and_stay_ordered(
         trained_edsr: LoadedModel, set5_x2: list, calibration_batch: torch.Tensor,
         mean_psnr: PsnrFn, float_psnr: float) -> None:
-    """Calibrated w4a4 loses more than w8a8 and w2a2 more still, without collapsing at 4 bits.
+    """Calibrated w4a4 loses more than w8a8 and w2a2 more still, and w4a4 stays within 1 dB.
 
-    The integer graph quantises the 4-bit residual stream too (16 levels for every Add), so
-    calibration alone loses about 4 dB at w4a4 (31.8 vs 35.9 dB); training recovers it.
+    Low bits apply to the body's convolution inputs and weights; the residual stream, the conv
+    outputs, the head and the upsampler keep 8 bits. With every tensor at 4 bits calibration
+    lost 3.9 dB here (the 4-bit residual stream and upsampler input); now about 0.65 dB.
     """
     psnr8 = mean_psnr(_quantized(trained_edsr, calibration_batch, 8, 8).module, set5_x2)
     psnr4 = mean_psnr(_quantized(trained_edsr, calibration_batch, 4, 4).module, set5_x2)
     psnr2 = mean_psnr(_quantized(trained_edsr, calibration_batch, 2, 2).module, set5_x2)
     assert psnr2 < psnr4 < psnr8
-    assert psnr4 > float_psnr - 4.5
+    assert psnr4 > float_psnr - 1.0, psnr4 - float_psnr
 
 
 def test_quantized_safetensors_round_trip(trained_edsr: LoadedModel, set5_x2: list,

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import fx, nn
 
 from srcompress.errors import UserInputError
@@ -13,6 +16,7 @@ from srcompress.models.edsr import EDSR
 from srcompress.models.rcan import RCAN
 from srcompress.quant import (
     ActivationQuantizer,
+    IntegerPooling,
     QuantConv2d,
     calibrate,
     check_bits,
@@ -20,6 +24,7 @@ from srcompress.quant import (
     quantize_model,
     restore_quantization,
 )
+from srcompress.quant.fakequant import runtime_sigmoid
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -111,12 +116,46 @@ def test_edsr_graph_quantizes_every_tensor_the_runtime_holds_in_integers() -> No
     assert "body_0_conv1" not in report.activation_quantizers
     # Each pixel shuffle re-quantises with its input's quantiser (the runtime moves uint8).
     assert report.shared_quantizers == {"upsample_1": "upsample_0", "upsample_3": "upsample_2"}
-    # One quantiser per Add output, read by both the skip path and the next conv.
-    (first_add, *_) = _calls(model, operator.add)
-    (quantizer,) = first_add.users
-    assert {user.target for user in quantizer.users} == {"body.1.conv1", operator.add}
+    # One quantiser per Add, called with both addends (it computes QLinearAdd), read by both
+    # the skip path (the next Add) and the next conv; only MeanShift's float Add remains.
+    assert len(_calls(model, operator.add)) == 1
+    (quantizer,) = _calls(model, "activation_quantizers.add")
+    assert [arg.target for arg in quantizer.args] == ["activation_quantizers.conv_first",
+                                                      "activation_quantizers.body_0_conv2"]
+    assert {user.target for user in quantizer.users} == {"body.1.conv1",
+                                                          "activation_quantizers.add_1"}
     assert model.get_submodule("body.1.conv1").input_quantizer is model.get_submodule(
         str(quantizer.target))
+
+
+def test_low_bits_apply_to_the_body_convs_and_their_inputs_only() -> None:
+    """w4a4: the body's convs have 4-bit weights and 4-bit inputs; the head, the upsampler and
+    every tensor no conv reads (conv outputs, the residual stream) keep 8 bits. A stream tensor
+    that also enters a 4-bit conv gets a 4-bit copy for it."""
+    model, report = quantize_model(EDSR(scale=4, num_feat=8, num_block=2), 4, 4)
+    assert report.eight_bit == {"conv_first": "head (reads the image)",
+                                "upsample.0": "upsampler (feeds the upsampling)",
+                                "upsample.2": "upsampler (runs on the upsampled features)"}
+    quantizers = dict(model.get_submodule("activation_quantizers").named_children())
+    conv_inputs = set()
+    for name, layer in model.named_modules():
+        if isinstance(layer, QuantConv2d):
+            bits = 8 if name in report.eight_bit else 4
+            assert (layer.w_bits, layer.a_bits, layer.input_quantizer.bits) == (bits,) * 3, name
+            conv_inputs.add(layer.input_quantizer)
+    assert all(quantizer.bits == 8 for quantizer in quantizers.values()
+               if quantizer not in conv_inputs)
+    # The block output feeds the next block's conv1 (4 bits) and the next Add (8 bits): the
+    # copy re-computes the Add (a second QLinearAdd); the head's output is a conv's, so its
+    # copy re-quantises the 8-bit tensor. The last block's output only enters a conv: 4 bits.
+    assert report.conv_inputs == {"conv_first": "conv_first_conv_input",
+                                  "add": "add_conv_input"}
+    (copy,) = _calls(model, "activation_quantizers.add_conv_input")
+    (stream,) = _calls(model, "activation_quantizers.add")
+    assert copy.args == stream.args and len(copy.args) == 2
+    (head_copy,) = _calls(model, "activation_quantizers.conv_first_conv_input")
+    assert head_copy.args[0].target == "activation_quantizers.conv_first"
+    assert quantizers["add_1"].bits == 4 and "add_1" not in report.conv_inputs
 
 
 def test_rcan_residual_stream_is_integer_and_channel_attention_stays_float() -> None:
@@ -128,11 +167,16 @@ def test_rcan_residual_stream_is_integer_and_channel_attention_stays_float() -> 
     assert all("channel attention" in report.full_precision[name] for name in attention)
     assert sorted(report.quantized) == sorted(set(convs) - attention - {"conv_last"})
     # The gate's Mul runs in float; its output is quantised where the residual Add reads it.
+    # The gate is computed as onnxruntime computes it: the pooling sums the quantised tensor's
+    # integers and the sigmoid is MLAS's.
     multiplies = _calls(quantized, operator.mul)[1:]
     gates = [node.args[1] for node in multiplies]
-    assert len(gates) == 2 and all(str(gate.target).endswith("attention.4") for gate in gates)
+    assert len(gates) == 2 and all(gate.target is runtime_sigmoid for gate in gates)
     assert all(isinstance(quantized.get_submodule(str(next(iter(node.users)).target)),
                           ActivationQuantizer) for node in multiplies)
+    poolings = [module for name, module in quantized.named_modules()
+                if name.endswith("attention.0")]
+    assert len(poolings) == 2 and all(isinstance(pool, IntegerPooling) for pool in poolings)
 
 
 def test_all_scope_quantizes_every_conv() -> None:
@@ -203,3 +247,107 @@ def test_restore_quantization_rebuilds_the_same_graph() -> None:
     with pytest.raises(UserInputError, match="not a Conv2d"):
         restore_quantization(EDSR(scale=2, num_feat=8, num_block=1),
                              {"w_bits": 8, "a_bits": 8, "layers": ["body.0.relu"]})
+
+
+def test_inference_gives_the_values_training_computes() -> None:
+    """Without gradients the quantiser skips the straight-through bookkeeping (about twice as
+    fast to evaluate) and must still give the same numbers, bit for bit."""
+    torch.manual_seed(0)
+    values = torch.randn(4096) * 3
+    for bits, signed, int8 in [(8, True, False), (4, False, False), (8, False, True),
+                               (2, torch.tensor(True), False)]:
+        clip = torch.tensor(2.7)
+        trained = fake_quantize(values.clone().requires_grad_(), clip, bits, signed, int8)
+        assert torch.equal(fake_quantize(values, clip, bits, signed, int8), trained.detach())
+
+
+def test_calibration_is_the_same_whatever_the_random_state(set5_x2: list) -> None:
+    """Every observed value counts (a histogram, no sampling): two calibrations of the same
+    model on the same batches set the same ranges, whatever the global random state."""
+    images = [pair.lr[:, :64, :64].unsqueeze(0) for pair in set5_x2[:2]]
+    chosen = []
+    for state in (1, 2):
+        torch.manual_seed(0)
+        model, _ = quantize_model(EDSR(scale=2, num_feat=8, num_block=2), 4, 4)
+        torch.manual_seed(state)
+        chosen.append(calibrate(model, images))
+    assert chosen[0] == chosen[1]
+
+
+def _qlinear_add(first: np.ndarray, second: np.ndarray, scales: list[float],
+                 zero_points: list[int]) -> np.ndarray:
+    """onnxruntime's fused QLinearAdd of two uint8 tensors (DQ, DQ → Add → Q → DQ)."""
+    nodes, initializers = [], []
+    for index, name in enumerate(("a", "b", "c")):
+        initializers += [numpy_helper.from_array(np.array(scales[index], np.float32), f"s{name}"),
+                         numpy_helper.from_array(np.array(zero_points[index], np.uint8),
+                                                 f"z{name}")]
+    nodes += [helper.make_node("DequantizeLinear", ["a", "sa", "za"], ["fa"]),
+              helper.make_node("DequantizeLinear", ["b", "sb", "zb"], ["fb"]),
+              helper.make_node("Add", ["fa", "fb"], ["sum"]),
+              helper.make_node("QuantizeLinear", ["sum", "sc", "zc"], ["q"]),
+              helper.make_node("DequantizeLinear", ["q", "sc", "zc"], ["out"])]
+    shape = list(first.shape)
+    graph = helper.make_graph(
+        nodes, "add", [helper.make_tensor_value_info(name, TensorProto.UINT8, shape)
+                       for name in ("a", "b")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    return session.run(None, {"a": first, "b": second})[0]
+
+
+def test_a_residual_add_computes_what_onnxruntimes_qlinearadd_computes() -> None:
+    """The quantiser of an Add gets both addends and reproduces the runtime's integer kernel
+    bit for bit; rounding the float sum instead differs on some values."""
+    generator = np.random.default_rng(0)
+    first, second = (generator.integers(0, 256, (1, 8, 64, 64), dtype=np.uint8)
+                     for _ in range(2))
+    quantizers = [ActivationQuantizer(8) for _ in range(3)]
+    for quantizer, clip in zip(quantizers, (3.3, 2.2, 4.4), strict=True):
+        quantizer.act_unit.fill_(clip)
+    quantizers[2].link_addends(quantizers[0], quantizers[1])
+    steps = [float(quantizer.step().detach()) for quantizer in quantizers]
+    addends = [torch.from_numpy(values.astype(np.float32) - 128) * step
+               for values, step in zip((first, second), steps[:2], strict=True)]
+    expected = _qlinear_add(first, second, steps, [128, 128, 128])
+    with torch.no_grad():
+        assert np.array_equal(quantizers[2](*addends).numpy(), expected)
+        assert not np.array_equal(quantizers[2](addends[0] + addends[1]).numpy(), expected)
+
+
+def test_the_sigmoid_is_onnxruntimes() -> None:
+    values = torch.linspace(-20, 20, 20001)
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["y"])], "sigmoid",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [20001])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [20001])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": values.numpy()})[0]
+    assert np.array_equal(runtime_sigmoid(values).numpy(), expected)
+    assert not np.array_equal(torch.sigmoid(values).numpy(), expected)
+    values.requires_grad_()
+    runtime_sigmoid(values).sum().backward()
+    assert torch.allclose(values.grad, torch.sigmoid(values) * (1 - torch.sigmoid(values)))
+
+
+def test_the_int8_grid_holds_relu_outputs_on_127_levels() -> None:
+    quantizer = ActivationQuantizer(8, int8=True)
+    quantizer.act_signed.fill_(False)
+    assert quantizer.quantization_parameters()[1:] == (0, 127)
+    assert fake_quantize(torch.tensor([5.0]), torch.tensor(1.0), 8, False, int8=True) == 1.0
+    assert ActivationQuantizer(4, int8=True).quantization_parameters()[1:] == (8, 15)
+
+
+def test_a_low_bit_file_from_the_earlier_layout_is_refused() -> None:
+    """Files quantized below 8 bits before the head, the upsampler and the stream kept 8 bits
+    would load into a different graph: they are refused with one sentence."""
+    layers = ["conv_first", "body.0.conv1", "body.0.conv2", "conv_after_body", "upsample.0"]
+    with pytest.raises(UserInputError, match=r"earlier srcompress.*quantize its full-precision"):
+        restore_quantization(EDSR(scale=2, num_feat=8, num_block=1),
+                             {"w_bits": 4, "a_bits": 4, "layers": layers, "graph": True})
+    restore_quantization(EDSR(scale=2, num_feat=8, num_block=1),
+                         {"w_bits": 8, "a_bits": 8, "layers": layers, "graph": True})

@@ -48,7 +48,11 @@ def test_quantize_writes_a_rebuildable_quantized_model(w4a4_run: QuantizeResult)
     loaded = load_model(result.quantized)
     layers = {name: m for name, m in loaded.module.named_modules() if isinstance(m, QuantConv2d)}
     assert sorted(layers) == sorted(result.report.quantized)
-    assert all(layer.w_bits == 4 and layer.a_bits == 4 for layer in layers.values())
+    # The body at 4 bits; the head and the upsampler at 8 (they read the image / make pixels).
+    assert result.report.eight_bit == {"conv_first": "head (reads the image)",
+                                       "upsample.0": "upsampler (feeds the upsampling)"}
+    assert all((layer.w_bits, layer.a_bits) == ((8, 8) if name in result.report.eight_bit
+                                                else (4, 4)) for name, layer in layers.items())
     # calibrated, not the placeholder range, and the ReLU output uses the zero-point-0 grid
     quantizers = dict(loaded.module.get_submodule("activation_quantizers").named_children())
     assert set(quantizers) == set(result.report.activation_quantizers)
