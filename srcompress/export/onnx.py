@@ -48,7 +48,7 @@ from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.export.qdq import (
     INT4_FORMS,
     QDQ_OPSET,
-    TARGETS,
+    QUANTIZATION_TARGETS,
     qdq_export_mode,
     runtime_operator_counts,
 )
@@ -274,8 +274,9 @@ def _check_arguments(output: Path, opset: int | None, dynamic: bool,
                              "quantize it with `srcompress quantize --w-bits 4` first.")
     if int4 is not None and int4 not in INT4_FORMS:
         raise UserInputError(f"--int4 {int4} is unknown: use {', '.join(INT4_FORMS)}.")
-    if target not in TARGETS:
-        raise UserInputError(f"--target {target} is unknown: use {', '.join(TARGETS)}.")
+    if target not in QUANTIZATION_TARGETS:
+        raise UserInputError(f"--target {target} is unknown: use "
+                             f"{', '.join(QUANTIZATION_TARGETS)}.")
     if target != "onnxruntime" and not quantized:
         raise UserInputError(f"--target {target} chooses the Q/DQ form of a quantized model, and "
                              "this one is float (its ONNX file runs on any runtime): drop "

@@ -49,12 +49,16 @@ from torch import nn
 from srcompress.devices import onnx_session
 from srcompress.errors import UserInputError, WorkFailedError
 from srcompress.files import atomic_path
-from srcompress.quant.graph import activation_quantizers, quantization_settings, quantized_layers
+from srcompress.quant.graph import (
+    QUANTIZATION_TARGETS,
+    activation_quantizers,
+    quantization_settings,
+    quantized_layers,
+)
 
 QDQ_OPSET = 17
 INT4_OPSET = 21
 INT4_FORMS = ("cast", "dq", "none")
-TARGETS = ("onnxruntime", "tensorrt")
 _INT4_FORM_NOTE = {
     "cast": "INT4 packed weights, cast to INT8 when onnxruntime loads the file (its integer "
             "convolution takes 8-bit weights only)",
@@ -132,9 +136,9 @@ def qdq_export_mode(module: nn.Module, int4: str = "cast",
     if int4 not in INT4_FORMS:
         raise UserInputError(f"the INT4 weight form {int4!r} is unknown: use "
                              f"{', '.join(INT4_FORMS)}.")
-    if target not in TARGETS:
+    if target not in QUANTIZATION_TARGETS:
         raise UserInputError(f"the export target {target!r} is unknown: use "
-                             f"{', '.join(TARGETS)}.")
+                             f"{', '.join(QUANTIZATION_TARGETS)}.")
     layers = dict(quantized_layers(module))
     if not layers:
         raise UserInputError("the model is not quantized, so it has no Q/DQ export: export it as "

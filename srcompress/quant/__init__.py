@@ -15,6 +15,7 @@ from srcompress.quant.fakequant import (
     fake_quantize,
 )
 from srcompress.quant.graph import (
+    QUANTIZATION_TARGETS,
     QuantizationReport,
     describe_quantization,
     is_quantized,
@@ -23,6 +24,7 @@ from srcompress.quant.graph import (
 )
 
 __all__ = [
+    "QUANTIZATION_TARGETS",
     "ActivationQuantizer",
     "IntegerPooling",
     "QuantConv2d",

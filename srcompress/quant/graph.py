@@ -45,7 +45,7 @@ from srcompress.quant.fakequant import (
 )
 
 Scope = Literal["body", "all"]
-TARGETS = ("onnxruntime", "tensorrt")
+QUANTIZATION_TARGETS = ("onnxruntime", "tensorrt")
 QUANTIZERS = "activation_quantizers"
 
 # Layers with weights srcompress does not quantise: they stay float and are named in the report.
@@ -145,8 +145,9 @@ def quantize_model(model: nn.Module, w_bits: int = 8, a_bits: int = 8, scope: Sc
     check_bits(a_bits, "--a-bits")
     if scope not in ("body", "all"):
         raise UserInputError(f"quantization scope {scope!r} is unknown: use 'body' or 'all'.")
-    if target not in TARGETS:
-        raise UserInputError(f"--target {target} is unknown: use {', '.join(TARGETS)}.")
+    if target not in QUANTIZATION_TARGETS:
+        raise UserInputError(f"--target {target} is unknown: use "
+                             f"{', '.join(QUANTIZATION_TARGETS)}.")
     if is_quantized(model):
         raise UserInputError(
             f"the model is already quantized ({describe_quantization(model)}): pass its "
@@ -189,7 +190,7 @@ def restore_quantization(model: nn.Module, settings: Mapping[str, object] | str)
         raise UserInputError(
             f"the checkpoint's '{METADATA_KEY}' metadata is unreadable ({error}): re-create the "
             "file with `srcompress quantize`.") from error
-    if report.target not in TARGETS:
+    if report.target not in QUANTIZATION_TARGETS:
         raise UserInputError(f"the checkpoint's quantization target {report.target!r} is unknown "
                              "to this srcompress: update srcompress or re-create the file.")
     if eight_bit is None and min(report.w_bits, report.a_bits) < 8:

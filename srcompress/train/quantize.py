@@ -37,6 +37,7 @@ from srcompress.errors import UserInputError
 from srcompress.methods import Method
 from srcompress.models import LoadedModel, load_model, model_task
 from srcompress.quant import (
+    QUANTIZATION_TARGETS,
     QuantizationReport,
     calibrate,
     check_bits,
@@ -79,6 +80,11 @@ class QuantizeSettings(TrainingSettings):
     a_bits: int = setting(8, help="Activation bits, 2 to 8, with learned clipping ranges "
                           "(default: 8).")
     scope: str = setting("body", flag="--quantize-all")
+    target: str = setting(
+        "onnxruntime", metavar="onnxruntime|tensorrt",
+        help="Runtime whose integer grid training simulates: onnxruntime (ReLU outputs on "
+        "uint8 0..255; default) or tensorrt (int8 with zero point 0, ReLU outputs on 0..127, so "
+        "`export --target tensorrt` is exact at 8 bits).")
     strict: bool = setting(
         False, help="Exit 2 when a layer cannot be quantized (default: keep it in float and "
         "name it in the run's first line).")
@@ -125,6 +131,9 @@ class QuantizeSettings(TrainingSettings):
         if self.scope not in ("body", "all"):
             raise UserInputError(f"the quantization scope {self.scope!r} is unknown: use "
                                  "'body' (default) or 'all' (--quantize-all).")
+        if self.target not in QUANTIZATION_TARGETS:
+            raise UserInputError(f"--target {self.target} is unknown: use "
+                                 f"{', '.join(QUANTIZATION_TARGETS)}.")
         if self.calibration_batches < 1:
             raise UserInputError(f"--calibration-batches must be a whole number of at least 1, "
                                  f"got {self.calibration_batches}.")
@@ -165,6 +174,7 @@ def quantize(
     w_bits: int | None = None,
     a_bits: int | None = None,
     scope: str | None = None,
+    target: str | None = None,
     strict: bool | None = None,
     calibration_batches: int | None = None,
     trainable: str | None = None,
@@ -244,7 +254,8 @@ class QuantizeJob(Job[QuantizeSettings]):
         float_parameters = list(loaded.module.parameters())
         loaded.module, self.report = quantize_model(loaded.module, settings.w_bits,
                                                     settings.a_bits, settings.scope,
-                                                    strict=settings.strict)
+                                                    strict=settings.strict,
+                                                    target=settings.target)
         if settings.trainable == "ranges":
             _freeze(float_parameters, loaded.module)
         self.loaded = loaded

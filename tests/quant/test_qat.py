@@ -94,14 +94,22 @@ def test_a_teacher_with_method_none_is_refused(float_model: Path, tmp_path: Path
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_quantize_json_and_info(float_model: Path, tmp_path: Path, cli) -> None:
+def test_cli_quantize_json_info_and_tensorrt_export(float_model: Path, tmp_path: Path,
+                                                     cli) -> None:
+    """A model quantized with --target tensorrt (ReLU outputs on int8's 0..127) exports exactly
+    to TensorRT's form at 8 bits, which a model on the uint8 grid cannot."""
     out = cli("quantize", float_model, "--w-bits", "8", "--a-bits", "8", "--method", "none",
               "--iters", "2", "--batch-size", "2", "--patch-size", "16", "--workers", "0",
               "--no-validation", "--device", "cpu", "--calibration-batches", "1",
-              "--output", tmp_path / "run", "--json", "-")
+              "--target", "tensorrt", "--output", tmp_path / "run", "--json", "-")
     assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["completed"] and report["quantization"]["w_bits"] == 8
+    assert report["quantization"]["target"] == "tensorrt"
+    exported = cli("export", report["quantized"], "--onnx", "--target", "tensorrt", "--output",
+                   tmp_path / "trt.onnx", "--json", "-")
+    assert exported.exit_code == 0, exported.stderr
+    assert json.loads(exported.stdout)["form_difference"] == 0.0
     assert "conv_last" in report["quantization"]["full_precision"]
     with safetensors.safe_open(report["quantized"], framework="pt") as handle:
         assert json.loads(handle.metadata()["quant"])["layers"]
@@ -118,6 +126,7 @@ def test_cli_quantize_json_and_info(float_model: Path, tmp_path: Path, cli) -> N
 @pytest.mark.parametrize(("flags", "message"), [
     (["--w-bits", "9"], "--w-bits 9"), (["--a-bits", "1"], "--a-bits 1"),
     (["--w-bits", "16"], "--w-bits 16"), (["--method", "mkd"], "--method mkd"),
+    (["--target", "tpu"], "--target tpu"),
 ])
 def test_cli_bad_quantization_flags_exit_2(float_model: Path, tmp_path: Path, cli,
                                            flags: list[str], message: str) -> None:
