@@ -1,14 +1,16 @@
 """Which quantized ONNX form onnxruntime runs fastest: bit widths and INT4 weight storage.
 
 One process exports, from the same float model (default `edsr-baseline` x2, random weights:
-latency does not depend on them), the float file, `onnxruntime.quantization.quantize_static` of it
-(QDQ, per-channel int8 weights, uint8 activations, MinMax on LR crops of the shipped demo images:
-the anchor), and srcompress's export of the calibrated integer graph at w8a8, w4a8 with INT4
-weights cast to INT8 at load (`--int4 cast`, the default), w4a8 with INT4 weights read by
-DequantizeLinear (`--int4 dq`), w4a4 and w2a2. All sessions run interleaved on one 256x256 input
-(onnxruntime CPU, `--threads` threads) after a warm-up; each variant's latency ratio to float and
-to the anchor is the median of the per-round ratios (robust on a shared machine), and its
-integer/float convolutions are read from onnxruntime's optimised graph.
+latency does not depend on them; `--model` a checkpoint instead), the float file,
+`onnxruntime.quantization.quantize_static` of it (QDQ, per-channel int8 weights, uint8
+activations, MinMax on LR crops of the shipped demo images: the anchor), and srcompress's export
+of the calibrated integer graph at w8a8 (also with the output convolution in float, `quantize
+--float-output`), w4a8 with INT4 weights cast to INT8 at load (`--int4 cast`, the default), w4a8
+with INT4 weights read by DequantizeLinear (`--int4 dq`), w4a4 and w2a2. All sessions run
+interleaved on one 256x256 input (onnxruntime CPU, `--threads` threads) after a warm-up; each
+variant's latency ratio to float and to the anchor is the median of the per-round ratios (robust
+on a shared machine), and its integer/float convolutions are read from onnxruntime's optimised
+graph.
 
     .venv/bin/python benchmarks/bench_qdq_forms.py --repeats 15 --results docs/results.md
 """
@@ -33,11 +35,13 @@ from results_doc import replace_section, shown_command
 from srcompress.data.images import list_images, read_image
 from srcompress.demo import demo_data_folder
 from srcompress.export import export_onnx, runtime_operator_counts
-from srcompress.models import LoadedModel, build_model
+from srcompress.models import LoadedModel, build_model, load_model
 from srcompress.quant import calibrate, quantize_model
 
-VARIANTS = (("w8a8", 8, 8, None), ("w4a8, INT4 cast", 4, 8, "cast"), ("w4a8, INT4 dq", 4, 8, "dq"),
-            ("w4a4", 4, 4, "cast"), ("w2a2", 2, 2, "cast"))
+# (name, weight bits, activation bits, INT4 form, output conv in float)
+VARIANTS = (("w8a8", 8, 8, None, False), ("w8a8, float output conv", 8, 8, None, True),
+            ("w4a8, INT4 cast", 4, 8, "cast", False), ("w4a8, INT4 dq", 4, 8, "dq", False),
+            ("w4a4", 4, 4, "cast", False), ("w2a2", 2, 2, "cast", False))
 
 
 class _Patches(CalibrationDataReader):
@@ -59,6 +63,7 @@ def _session(path: Path, threads: int) -> onnxruntime.InferenceSession:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default="edsr-baseline")
+    parser.add_argument("--model", help="a float checkpoint to measure instead of --spec")
     parser.add_argument("--scale", type=int, default=2)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
@@ -67,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = build_model(args.spec, args.scale)
+    model = load_model(args.model) if args.model else build_model(args.spec, args.scale)
+    label = Path(args.model).name if args.model else args.spec
     images = list_images(demo_data_folder())
     patches = [read_image(path)[None, :, top:top + 64, left:left + 64]
                for path in images for top in (0, 64) for left in (0, 64)]
@@ -77,8 +83,9 @@ def main() -> None:
         quantize_static(str(paths["float"]), str(paths["anchor"]), _Patches(patches),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        for index, (name, w_bits, a_bits, int4) in enumerate(VARIANTS):
-            module, report = quantize_model(copy.deepcopy(model.module), w_bits, a_bits)
+        for index, (name, w_bits, a_bits, int4, float_output) in enumerate(VARIANTS):
+            module, report = quantize_model(copy.deepcopy(model.module), w_bits, a_bits,
+                                            float_output=float_output)
             calibrate(module, patches)
             paths[name] = Path(folder) / f"variant{index}.onnx"
             export_onnx(LoadedModel(module.eval(), model.arch, model.settings, model.scale,
@@ -104,7 +111,7 @@ def main() -> None:
 
     lines = [
         f"`.venv/bin/python {shown_command(sys.argv)}` ({datetime.date.today()}, onnxruntime "
-        f"{onnxruntime.__version__} CPU, {args.threads} threads, {args.spec} x{args.scale}, "
+        f"{onnxruntime.__version__} CPU, {args.threads} threads, {label} x{model.scale}, "
         f"1x3x{args.size}x{args.size}, {args.repeats} interleaved rounds; ratios are medians "
         "of per-round ratios, above 1 = faster)", "",
         "| variant | float / variant | anchor / variant | integer / float convs | "

@@ -34,8 +34,9 @@ def quantize_command(
     model: Path = typer.Argument(..., help="Full-precision checkpoint to quantize (any MODEL "
                                  "srcompress reads, e.g. a distilled student)."),
     quantize_all: bool = typer.Option(
-        False, "--quantize-all", help="Quantize every convolution, head and upsampling tail "
-        "included (default: all but the output convolution and channel attention)."),
+        False, "--quantize-all", help="Quantize every convolution at the bits asked, channel "
+        "attention included (default: all but channel attention, with the head, upsampler and "
+        "output convolution at 8 bits below 8 bits)."),
     *,
     json_path: str | None = JSON_OPTION,
     **flags: Any,
@@ -43,8 +44,8 @@ def quantize_command(
     """Quantization-aware training of MODEL, guided by a full-precision teacher (DUKD default).
 
     Turns MODEL into the integer graph ONNX Runtime runs (per-channel weights; every conv
-    output, residual Add and ReLU quantised with learned ranges; the output convolution stays
-    float unless --quantize-all), calibrates the ranges, fine-tunes, and writes
+    output, residual Add and ReLU quantised with learned ranges, the output convolution too
+    unless --float-output), calibrates the ranges, fine-tunes, and writes
     quantized.safetensors (which evaluate, info and export take as MODEL), best.safetensors,
     metrics.json, config.toml and resumable checkpoints into --output. The calibrated model is
     validated before training (iteration 0), so best.safetensors is never worse than it; --iters 0

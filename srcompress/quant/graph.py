@@ -127,13 +127,15 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def quantize_model(model: nn.Module, w_bits: int = 8, a_bits: int = 8, scope: Scope = "body",
-                   strict: bool = False,
-                   target: str = "onnxruntime") -> tuple[nn.Module, QuantizationReport]:
+                   strict: bool = False, target: str = "onnxruntime",
+                   float_output: bool = False) -> tuple[nn.Module, QuantizationReport]:
     """The fake-quant version of `model` (a new module sharing its parameters) and its report.
 
-    `scope="body"` keeps the output convolution (the last to run, at the output resolution) in
-    full precision, and below 8 bits the head and the upsampler at 8 bits (`report.eight_bit`);
-    `"all"` quantises every Conv2d at the bits asked. `w_bits` applies to the weights and
+    `scope="body"` keeps channel attention in full precision, and below 8 bits the head, the
+    upsampler and the output convolution at 8 bits (`report.eight_bit`); `float_output=True`
+    also keeps the output convolution (the last to run, at the output resolution) in full
+    precision, about 0.01 dB closer to float and 3-5 % slower (docs/results.md). `"all"`
+    quantises every Conv2d at the bits asked. `w_bits` applies to the weights and
     `a_bits` to the inputs of the convolutions; every other tensor held in integers (conv
     outputs, the residual stream, Concat inputs...) keeps 8 bits. `target="tensorrt"` puts ReLU
     outputs on 0..127 so that the int8 TensorRT export is exact. Layers with weights that
@@ -148,6 +150,9 @@ def quantize_model(model: nn.Module, w_bits: int = 8, a_bits: int = 8, scope: Sc
     if target not in QUANTIZATION_TARGETS:
         raise UserInputError(f"--target {target} is unknown: use "
                              f"{', '.join(QUANTIZATION_TARGETS)}.")
+    if float_output and scope == "all":
+        raise UserInputError("--float-output keeps the output convolution in float and "
+                             "--quantize-all quantizes every convolution: drop one of them.")
     if is_quantized(model):
         raise UserInputError(
             f"the model is already quantized ({describe_quantization(model)}): pass its "
@@ -156,7 +161,7 @@ def quantize_model(model: nn.Module, w_bits: int = 8, a_bits: int = 8, scope: Sc
              if type(module) is nn.Conv2d}
     if not convs:
         raise UserInputError("the model has no Conv2d layer that srcompress could quantize.")
-    kept = _full_precision_layers(model, convs) if scope == "body" else {}
+    kept = _full_precision_layers(model, convs, float_output) if scope == "body" else {}
     skipped = {name: type(module).__name__ for name, module in model.named_modules()
                if isinstance(module, _UNSUPPORTED_WEIGHTED) and not _inside(name, kept)}
     if skipped and strict:
@@ -492,8 +497,9 @@ def _input_bits(conv_node: fx.Node, modules: Mapping[str, nn.Module]) -> int:
 
 
 def _head_and_upsampler(traced: fx.GraphModule, quantized: list[str]) -> dict[str, str]:
-    """The quantised convs that stay at 8 bits below 8 bits: the head (it reads the image) and
-    the upsampler (it feeds a pixel shuffle or an interpolation, or runs after one).
+    """The quantised convs that stay at 8 bits below 8 bits: the head (it reads the image), the
+    upsampler (it feeds a pixel shuffle or an interpolation, or runs after one) and the output
+    convolution (the last to run: it writes the image).
 
     The SR quantization papers (PAMS, DAQ) quantise the body to b bits and keep head and tail in
     full precision; here they stay integer at 8 bits, which costs nothing at run time. Measured
@@ -522,6 +528,10 @@ def _head_and_upsampler(traced: fx.GraphModule, quantized: list[str]) -> dict[st
                 kept[str(node.target)] = "head (reads the image)"
             elif node in upsampled:
                 kept[str(node.target)] = "upsampler (runs on the upsampled features)"
+    last = [node for node in graph.nodes if node.op == "call_module"
+            and isinstance(modules.get(str(node.target)), nn.Conv2d)][-1:]
+    if last and last[0].target in quantized:
+        kept[str(last[0].target)] = "output layer (writes the image)"
     return kept
 
 
@@ -620,13 +630,17 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _full_precision_layers(model: nn.Module, convs: dict[str, nn.Conv2d]) -> dict[str, str]:
-    """The output convolution (the last to run) and channel attention's convolutions (those
-    running on globally pooled 1x1 features), found by running one small forward pass.
+def _full_precision_layers(model: nn.Module, convs: dict[str, nn.Conv2d],
+                           float_output: bool) -> dict[str, str]:
+    """Channel attention's convolutions (those running on globally pooled 1x1 features) and,
+    with `float_output`, the output convolution (the last to run), found by running one small
+    forward pass.
 
     Attention stays float for exactness (see `_UNARY_MODULES`) and costs little: its convs run
-    on one pixel. The output conv stays float: it writes the image itself, at the output
-    resolution, where one quantisation level is a visible error. The head reads an 8-bit image,
+    on one pixel. The output conv is quantised by default, as onnxruntime's own post-training
+    tool does: it runs at the output resolution, where a small model spends much of its time
+    (float, it cost the demo teacher 5 % of its speed, edsr-baseline 0-3 %), and its 8-bit
+    output costs about 0.01 dB (docs/results.md). The head reads an 8-bit image,
     so quantising its input costs little, and keeping it float costs the integer graph its
     speed: onnxruntime then keeps every residual Add in NCHW and wraps each conv in a pair of
     Transposes (36 instead of 4 in edsr-baseline, 2.12x instead of 2.36x over float; see
@@ -663,7 +677,8 @@ def _full_precision_layers(model: nn.Module, convs: dict[str, nn.Conv2d]) -> dic
         raise UserInputError("no Conv2d layer ran in a forward pass: this model cannot be "
                              "quantized by srcompress.")
     kept = dict.fromkeys(pooled, "channel attention (runs on pooled 1x1 features, float)")
-    kept[order[-1]] = "output layer (last to run)"
+    if float_output:
+        kept[order[-1]] = "output layer (last to run; --float-output)"
     return kept
 
 

@@ -80,6 +80,10 @@ class QuantizeSettings(TrainingSettings):
     a_bits: int = setting(8, help="Activation bits, 2 to 8, with learned clipping ranges "
                           "(default: 8).")
     scope: str = setting("body", flag="--quantize-all")
+    float_output: bool = setting(
+        False, help="Keep the output convolution in float (default: quantized, as onnxruntime's "
+        "quantize_static does; float is about 0.01 dB closer to the float model and 3-5 % "
+        "slower).")
     target: str = setting(
         "onnxruntime", metavar="onnxruntime|tensorrt",
         help="Runtime whose integer grid training simulates: onnxruntime (ReLU outputs on "
@@ -174,6 +178,7 @@ def quantize(
     w_bits: int | None = None,
     a_bits: int | None = None,
     scope: str | None = None,
+    float_output: bool | None = None,
     target: str | None = None,
     strict: bool | None = None,
     calibration_batches: int | None = None,
@@ -255,7 +260,8 @@ class QuantizeJob(Job[QuantizeSettings]):
         loaded.module, self.report = quantize_model(loaded.module, settings.w_bits,
                                                     settings.a_bits, settings.scope,
                                                     strict=settings.strict,
-                                                    target=settings.target)
+                                                    target=settings.target,
+                                                    float_output=settings.float_output)
         if settings.trainable == "ranges":
             _freeze(float_parameters, loaded.module)
         self.loaded = loaded

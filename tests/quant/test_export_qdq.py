@@ -104,11 +104,11 @@ def test_onnxruntime_execution_matches_the_fake_quant_model(
     export_onnx(quantized, path)
     counts = runtime_operator_counts(path)
     layers = len(quantized.metadata["quant"]["layers"])
-    kept = quantized.metadata["quant"]["full_precision"]  # the output conv (+ RCAN's attention)
+    kept = quantized.metadata["quant"]["full_precision"]  # RCAN's attention
     assert counts["integer_convs"] == layers and counts["float_convs"] == len(kept)
     if arch == "rcan":  # every residual Add in integers; channel attention stays float
         assert counts["integer_ops"]["QLinearAdd"] == 4 + 2 + 1 + (3 if a_bits < 8 else 0)
-        assert len(kept) == 1 + 2 * 2 * 2
+        assert len(kept) == 2 * 2 * 2
     if arch == "edsr":  # one QLinearAdd per residual block and the long skip, few Transposes
         assert counts["integer_ops"]["QLinearAdd"] == 5 + (3 if a_bits < 8 else 0)
         assert counts["transposes"] <= 4
@@ -176,10 +176,10 @@ def test_low_bits_clip_integers_after_quantizelinear_and_pack_int4_weights(
                       for node in graph.node if node.op_type == "Constant"})
     assert all(constants[node.input[2]] == 15 for node in clips)
     int4 = [init for init in graph.initializer if init.data_type == onnx.TensorProto.INT4]
-    eight_bit = model.metadata["quant"]["eight_bit"]  # head and upsampler: int8 weights
-    assert set(eight_bit) == {"conv_first", "upsample.0"}
+    eight_bit = model.metadata["quant"]["eight_bit"]  # head, upsampler, output: int8 weights
+    assert set(eight_bit) == {"conv_first", "upsample.0", "conv_last"}
     assert len(int4) == len(model.metadata["quant"]["layers"]) - len(eight_bit)
-    assert packed.metadata["quant_eight_bit_layers"] == "conv_first, upsample.0"
+    assert packed.metadata["quant_eight_bit_layers"] == "conv_first, upsample.0, conv_last"
     assert "INT4" in packed.metadata["quant_weight_storage"]
     # INT4 weights halve the weight bytes and still run as integer convolutions.
     assert packed.runtime_ops == containers.runtime_ops
@@ -241,7 +241,7 @@ def test_rrdb_dense_blocks_run_in_integers(set5_x2: list, tmp_path: Path) -> Non
     counts, report = _random_model_counts("esrgan:num_filters=16,num_blocks=1",
                                           set5_x2[0].lr[:, :32, :32].unsqueeze(0), tmp_path)
     assert report.graph and set(report.folded_multipliers.values()) == {0.2}
-    assert counts["integer_convs"] == len(report.quantized) and counts["float_convs"] == 1
+    assert counts["integer_convs"] == len(report.quantized) and counts["float_convs"] == 0
     assert {"QLinearLeakyRelu", "QLinearConcat", "QLinearAdd"} <= set(counts["integer_ops"])
 
 
@@ -277,4 +277,4 @@ def test_a_concat_quantizes_the_inputs_it_joins(set5_x2: list, tmp_path: Path) -
                                           tmp_path)
     assert "mean" in report.activation_quantizers
     assert counts["integer_ops"].get("QLinearConcat") == 1
-    assert counts["integer_convs"] == 2
+    assert counts["integer_convs"] == 3

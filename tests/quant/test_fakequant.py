@@ -105,9 +105,10 @@ def _calls(model: fx.GraphModule, target: object) -> list[fx.Node]:
 def test_edsr_graph_quantizes_every_tensor_the_runtime_holds_in_integers() -> None:
     model, report = quantize_model(EDSR(scale=4, num_feat=8, num_block=2, res_scale=0.1), 8, 8)
     assert isinstance(model, fx.GraphModule) and report.graph
-    assert report.full_precision == {"conv_last": "output layer (last to run)"}
+    assert report.full_precision == {}
     assert report.quantized == ["conv_first", "body.0.conv1", "body.0.conv2", "body.1.conv1",
-                                "body.1.conv2", "conv_after_body", "upsample.0", "upsample.2"]
+                                "body.1.conv2", "conv_after_body", "upsample.0", "upsample.2",
+                                "conv_last"]
     # res_scale is folded into conv2 (no Mul left); ReLU outputs carry the quantiser, not conv1.
     assert report.folded_multipliers == {"body.0.conv2": 0.1, "body.1.conv2": 0.1}
     assert not _calls(model, operator.mul)[1:]  # only MeanShift's * 255 remains
@@ -135,7 +136,8 @@ def test_low_bits_apply_to_the_body_convs_and_their_inputs_only() -> None:
     model, report = quantize_model(EDSR(scale=4, num_feat=8, num_block=2), 4, 4)
     assert report.eight_bit == {"conv_first": "head (reads the image)",
                                 "upsample.0": "upsampler (feeds the upsampling)",
-                                "upsample.2": "upsampler (runs on the upsampled features)"}
+                                "upsample.2": "upsampler (runs on the upsampled features)",
+                                "conv_last": "output layer (writes the image)"}
     quantizers = dict(model.get_submodule("activation_quantizers").named_children())
     conv_inputs = set()
     for name, layer in model.named_modules():
@@ -163,9 +165,9 @@ def test_rcan_residual_stream_is_integer_and_channel_attention_stays_float() -> 
     convs = [name for name, module in model.named_modules() if type(module) is nn.Conv2d]
     attention = {name for name in convs if ".attention." in name}
     quantized, report = quantize_model(model, 8, 8)
-    assert len(attention) == 4 and set(report.full_precision) == attention | {"conv_last"}
+    assert len(attention) == 4 and set(report.full_precision) == attention
     assert all("channel attention" in report.full_precision[name] for name in attention)
-    assert sorted(report.quantized) == sorted(set(convs) - attention - {"conv_last"})
+    assert sorted(report.quantized) == sorted(set(convs) - attention)
     # The gate's Mul runs in float; its output is quantised where the residual Add reads it.
     # The gate is computed as onnxruntime computes it: the pooling sums the quantised tensor's
     # integers and the sigmoid is MLAS's.
@@ -179,10 +181,20 @@ def test_rcan_residual_stream_is_integer_and_channel_attention_stays_float() -> 
     assert len(poolings) == 2 and all(isinstance(pool, IntegerPooling) for pool in poolings)
 
 
-def test_all_scope_quantizes_every_conv() -> None:
-    model, report = quantize_model(EDSR(scale=2, num_feat=8, num_block=1), 8, 8, scope="all")
+def test_float_output_keeps_the_output_conv_and_all_scope_quantizes_attention_too() -> None:
+    """The output conv is quantized unless `float_output`; `scope="all"` also quantizes channel
+    attention, and asking for both is refused."""
+    model, report = quantize_model(EDSR(scale=2, num_feat=8, num_block=1), 4, 4,
+                                   float_output=True)
+    assert report.full_precision == {"conv_last": "output layer (last to run; --float-output)"}
+    assert type(model.get_submodule("conv_last")) is nn.Conv2d
+    assert "conv_last" not in (report.eight_bit or {})
+    rcan = RCAN(scale=2, num_feat=8, num_group=1, num_block=1, squeeze_factor=4)
+    model, report = quantize_model(rcan, 8, 8, scope="all")
     assert report.full_precision == {}
     assert not any(type(module) is nn.Conv2d for module in model.modules())
+    with pytest.raises(UserInputError, match=r"--float-output.*--quantize-all.*drop one"):
+        quantize_model(EDSR(scale=2, num_feat=8, num_block=1), scope="all", float_output=True)
 
 
 class _AttentionSR(nn.Module):
@@ -207,7 +219,7 @@ def test_unsupported_layer_is_left_float_and_named_or_refused_when_strict() -> N
     assert report.skipped_sentence() == ("not quantized (unsupported layer type, kept in float): "
                                          "mlp (Linear)")
     assert type(model.get_submodule("mlp")) is nn.Linear
-    assert report.quantized == ["conv_first", "body_conv"]
+    assert report.quantized == ["conv_first", "body_conv", "upsample.0"]
     with pytest.raises(UserInputError, match=r"layer 'mlp' \(Linear\).*--strict"):
         quantize_model(_AttentionSR(), 8, 8, strict=True)
 

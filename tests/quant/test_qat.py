@@ -43,14 +43,15 @@ def test_quantize_writes_a_rebuildable_quantized_model(w4a4_run: QuantizeResult)
         "quantized.safetensors", "config.toml", "metrics.json", "checkpoints"}
     assert result.report.quantized == ["conv_first", "body.0.conv1", "body.0.conv2",
                                        "body.1.conv1", "body.1.conv2", "conv_after_body",
-                                       "upsample.0"]
+                                       "upsample.0", "conv_last"]
 
     loaded = load_model(result.quantized)
     layers = {name: m for name, m in loaded.module.named_modules() if isinstance(m, QuantConv2d)}
     assert sorted(layers) == sorted(result.report.quantized)
     # The body at 4 bits; the head and the upsampler at 8 (they read the image / make pixels).
     assert result.report.eight_bit == {"conv_first": "head (reads the image)",
-                                       "upsample.0": "upsampler (feeds the upsampling)"}
+                                       "upsample.0": "upsampler (feeds the upsampling)",
+                                       "conv_last": "output layer (writes the image)"}
     assert all((layer.w_bits, layer.a_bits) == ((8, 8) if name in result.report.eight_bit
                                                 else (4, 4)) for name, layer in layers.items())
     # calibrated, not the placeholder range, and the ReLU output uses the zero-point-0 grid
@@ -97,11 +98,13 @@ def test_a_teacher_with_method_none_is_refused(float_model: Path, tmp_path: Path
 def test_cli_quantize_json_info_and_tensorrt_export(float_model: Path, tmp_path: Path,
                                                      cli) -> None:
     """A model quantized with --target tensorrt (ReLU outputs on int8's 0..127) exports exactly
-    to TensorRT's form at 8 bits, which a model on the uint8 grid cannot."""
+    to TensorRT's form at 8 bits, which a model on the uint8 grid cannot; --float-output keeps
+    the output convolution float."""
     out = cli("quantize", float_model, "--w-bits", "8", "--a-bits", "8", "--method", "none",
               "--iters", "2", "--batch-size", "2", "--patch-size", "16", "--workers", "0",
               "--no-validation", "--device", "cpu", "--calibration-batches", "1",
-              "--target", "tensorrt", "--output", tmp_path / "run", "--json", "-")
+              "--target", "tensorrt", "--float-output", "--output", tmp_path / "run",
+              "--json", "-")
     assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["completed"] and report["quantization"]["w_bits"] == 8
@@ -127,6 +130,7 @@ def test_cli_quantize_json_info_and_tensorrt_export(float_model: Path, tmp_path:
     (["--w-bits", "9"], "--w-bits 9"), (["--a-bits", "1"], "--a-bits 1"),
     (["--w-bits", "16"], "--w-bits 16"), (["--method", "mkd"], "--method mkd"),
     (["--target", "tpu"], "--target tpu"),
+    (["--float-output", "--quantize-all"], "drop one of them"),
 ])
 def test_cli_bad_quantization_flags_exit_2(float_model: Path, tmp_path: Path, cli,
                                            flags: list[str], message: str) -> None:
