@@ -134,7 +134,7 @@ def quantize_model(model: nn.Module, w_bits: int = 8, a_bits: int = 8, scope: Sc
     `scope="body"` keeps channel attention in full precision, and below 8 bits the head, the
     upsampler and the output convolution at 8 bits (`report.eight_bit`); `float_output=True`
     also keeps the output convolution (the last to run, at the output resolution) in full
-    precision, about 0.01 dB closer to float and 3-5 % slower (docs/results.md). `"all"`
+    precision, about 0.01 dB closer to float and up to 5 % slower (docs/results.md). `"all"`
     quantises every Conv2d at the bits asked. `w_bits` applies to the weights and
     `a_bits` to the inputs of the convolutions; every other tensor held in integers (conv
     outputs, the residual stream, Concat inputs...) keeps 8 bits. `target="tensorrt"` puts ReLU

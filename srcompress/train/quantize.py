@@ -82,7 +82,7 @@ class QuantizeSettings(TrainingSettings):
     scope: str = setting("body", flag="--quantize-all")
     float_output: bool = setting(
         False, help="Keep the output convolution in float (default: quantized, as onnxruntime's "
-        "quantize_static does; float is about 0.01 dB closer to the float model and 3-5 % "
+        "quantize_static does; float is about 0.01 dB closer to the float model and up to 5 % "
         "slower).")
     target: str = setting(
         "onnxruntime", metavar="onnxruntime|tensorrt",
