@@ -181,6 +181,13 @@ class DistillJob(Job[DistillSettings]):
 
     def student(self, settings: DistillSettings) -> LoadedModel:
         student = build_model(settings.student, settings.scale)
+        # Only distillation: quantize's student is the model itself plus its quantizers' ranges.
+        if self.teacher is not None:
+            teacher_size = sum(parameter.numel() for parameter in self.teacher.parameters())
+            if student.parameters > teacher_size:
+                self.warnings = (*self.warnings, (
+                    f"the student has {student.parameters:,} parameters, more than the teacher's "
+                    f"{teacher_size:,}; distillation is meant to make a smaller model."))
         if settings.init is not None:
             self.warm = warm_start(student.module, student.arch, settings.scale, settings.init)
         return student

@@ -171,12 +171,6 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
     torch.manual_seed(settings.seed)
     student = job.student(settings)
     method.reseed(settings.seed)
-    if reporter is not None and job.teacher is not None:
-        teacher_size = sum(parameter.numel() for parameter in job.teacher.parameters())
-        if student.parameters > teacher_size:
-            reporter.message(
-                f"warning: the student has {student.parameters:,} parameters, more than the "
-                f"teacher's {teacher_size:,}; distillation is meant to make a smaller model.")
     data = load_training_images(settings.train_data, student.scale, settings.patch_size)
     if settings.val_benchmarks:
         validate = validator(settings, student.scale, device)

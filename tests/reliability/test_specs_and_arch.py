@@ -99,4 +99,13 @@ def test_a_student_larger_than_its_teacher_is_a_warning(cli, tmp_path: Path, tin
     result = cli("distill", tiny_model, *run, "--student", "edsr:num_feat=16,num_block=1",
                  "--iters", "1", "--output", tmp_path / "run")
     assert result.exit_code == 0, result.stderr
-    assert "warning: the student has" in " ".join(result.stdout.split())
+    assert "Warning: the student has" in " ".join(result.stdout.split())
+
+
+def test_quantize_does_not_call_its_quantizer_ranges_a_larger_student(cli, tmp_path: Path,
+                                                                      tiny_model: Path) -> None:
+    result = cli("quantize", tiny_model, "--iters", "0", "--batch-size", "2", "--patch-size",
+                 "16", "--workers", "0", "--device", "cpu", "--no-validation",
+                 "--output", tmp_path / "run")
+    assert result.exit_code == 0, result.stderr
+    assert "the student has" not in " ".join((result.stdout + result.stderr).split())
