@@ -23,6 +23,7 @@ which would block the runtime's fusions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -64,6 +65,13 @@ def activation_grid(bits: int, signed: bool, int8: bool = False) -> tuple[int, i
     if signed:
         return 2 ** (bits - 1), 2**bits - 1
     return 0, min(2**bits - 1, 127) if int8 else 2**bits - 1
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast switched off where the device has it (not on `meta`, where MACs are counted)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _round_ste(values: Tensor) -> Tensor:
@@ -432,8 +440,10 @@ class QuantConv2d(nn.Conv2d):
 
     def _integer_conv(self, x: Tensor, quantizer: ActivationQuantizer) -> Tensor:
         """The convolution as the runtime computes it: integer inputs times integer weights,
-        summed exactly (float32 holds integer sums below 2^24, also under TF32 and bf16 inputs),
-        plus the int32 bias, times one per-channel scale.
+        summed exactly, plus the int32 bias, times one per-channel scale. The sums are taken in
+        float32 with autocast off: float32 holds integer sums below 2^24 exactly (TF32 keeps
+        8-bit integer operands exact too), while under fp16 autocast a 64-channel 8-bit sum
+        overflows fp16's 65504 and under bf16 it is rounded.
 
         Summing the dequantised values instead rounds at every product, which moves a few
         outputs across a rounding boundary of the next quantiser; each such flip spreads to the
@@ -445,7 +455,8 @@ class QuantConv2d(nn.Conv2d):
         levels = weight_levels(self.w_bits)
         weight_step = clip / levels
         weights = _round_ste(torch.maximum(torch.minimum(self.weight, clip), -clip) / weight_step)
-        accumulated = self._conv_forward(integers.to(x.dtype), weights.to(x.dtype), None).float()
+        with _autocast_off(x.device.type):
+            accumulated = self._conv_forward(integers, weights.float(), None)
         scale = (input_step * self.weight_steps().float()).view(1, -1, 1, 1)
         if self.bias is not None:
             bias = self.bias.float() * self.output_multiplier / scale.view(-1)

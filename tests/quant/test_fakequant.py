@@ -273,6 +273,24 @@ def test_inference_gives_the_values_training_computes() -> None:
         assert torch.equal(fake_quantize(values, clip, bits, signed, int8), trained.detach())
 
 
+def test_the_integer_conv_sums_exactly_under_autocast() -> None:
+    """Mixed precision is the production path on a GPU: the conv's integer sums must not be
+    taken in the autocast dtype (fp16 overflows at 65504, bf16 rounds); bf16 on the CPU shows
+    it here."""
+    torch.manual_seed(0)
+    conv = QuantConv2d(nn.Conv2d(64, 64, 3, padding=1), w_bits=8, a_bits=8)
+    quantizer = ActivationQuantizer(8)
+    quantizer.act_clip.data.fill_(4.0)
+    conv.link_input_quantizer(quantizer)
+    x = quantizer(torch.randn(1, 64, 12, 12).abs() * 2)
+    with torch.no_grad():
+        exact = conv(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = conv(x)
+    assert torch.equal(mixed.float(), exact.to(mixed.dtype).float())
+    assert exact.abs().max() > 1  # sums far beyond bf16's 8-bit mantissa
+
+
 def test_calibration_is_the_same_whatever_the_random_state(set5_x2: list) -> None:
     """Every observed value counts (a histogram, no sampling): two calibrations of the same
     model on the same batches set the same ranges, whatever the global random state."""
