@@ -15,6 +15,7 @@ the same crop and channel as above. Measures not taken are None in the results.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -138,7 +139,8 @@ def _measure(runner: Runner, pair: ImagePair, benchmark: Benchmark, protocol: _P
         row["psnr_to_reference"], row["ssim_to_reference"] = _pair_metrics(sr, reference,
                                                                            protocol)
     if protocol.niqe and fits_niqe(sr.shape[1], sr.shape[2]):
-        row["niqe"] = niqe(metrics.to_uint8(sr))
+        score = niqe(metrics.to_uint8(sr))
+        row["niqe"] = score if math.isfinite(score) else None  # flat: no block has a texture
     if save_folder is not None:
         folder = save_folder / benchmark.name
         write_image(folder / f"{pair.name}_x{scale}.png", sr)
@@ -163,8 +165,8 @@ def _evaluate_benchmark(runner: Runner, benchmark: Benchmark, protocol: _Protoco
     too_small = [row["name"] for row in per_image if protocol.niqe and row["niqe"] is None]
     if protocol.niqe and len(too_small) == len(per_image):
         raise UserInputError(
-            f"No SR output of {benchmark.name} is at least {NIQE_BLOCK}x{NIQE_BLOCK} pixels, "
-            "the size of one NIQE block: use larger images.")
+            f"No SR output of {benchmark.name} has a NIQE score (each needs at least one "
+            f"{NIQE_BLOCK}x{NIQE_BLOCK} block, and some texture): use larger images.")
     return {
         "benchmark": benchmark.name,
         "images": len(per_image),

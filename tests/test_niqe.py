@@ -47,3 +47,12 @@ def test_degradation_raises_niqe(shared_data):
 def test_too_small_image_is_refused():
     with pytest.raises(UserInputError, match="96x96"):
         niqe(np.zeros((95, 200, 3), dtype=np.uint8))
+
+
+def test_one_block_and_flat_images_give_a_score_or_none(shared_data):
+    """One 96x96 block is one observation: MATLAB's covariance of it is zero (torch.cov gave
+    NaN and the inverse failed); a flat image has no texture to fit and no score."""
+    image = to_uint8(read_image(shared_data / "benchmarks/Set5/HR/butterfly.png"))
+    one_block = np.ascontiguousarray(image[:100, :100])
+    assert 0 < niqe(one_block) < 100
+    assert np.isnan(niqe(np.full((120, 120, 3), 128, dtype=np.uint8)))

@@ -151,7 +151,9 @@ def _distance(features: Tensor) -> float:
     pristine_mean, pristine_covariance, _ = pristine_model()
     mean = features.nanmean(dim=0)
     complete = features[~features.isnan().any(dim=1)]
-    covariance = torch.cov(complete.T)
+    # MATLAB's `cov` of a single observation (an image of one block) is zero, not NaN.
+    covariance = (torch.cov(complete.T) if complete.shape[0] > 1
+                  else features.new_zeros(features.shape[1], features.shape[1]))
     difference = pristine_mean - mean
     inverse = torch.linalg.pinv((pristine_covariance + covariance) / 2)
     return float((difference @ inverse @ difference).sqrt())
