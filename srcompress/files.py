@@ -67,6 +67,19 @@ def make_folder(folder: str | os.PathLike[str], what: str) -> Path:
     return folder
 
 
+def make_temporary_folder(parent: Path, prefix: str, what: str) -> Path:
+    """A new folder inside `parent` (made as `make_folder` does) to be renamed into place once
+    whole, with the mode of any new folder under the umask: mkdtemp's 0700 would otherwise
+    become the delivered folder's."""
+    make_folder(parent, what)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except OSError as error:
+        raise _write_error(parent, error) from None
+    folder.chmod(0o777 & ~_current_umask())
+    return folder
+
+
 def is_partial_file(path: Path) -> bool:
     """True for the temporary files `atomic_path` creates (and a killed process leaves)."""
     return bool(_PARTIAL_NAME.match(path.name))

@@ -118,7 +118,7 @@ def degrade_command(
         "realesrgan", "--degradation",
         help="bicubic, realesrgan (Real-ESRGAN x4plus settings) or a TOML file of "
         "Real-ESRGAN settings."),
-    scale: int = typer.Option(4, "--scale", help="Downscaling factor of the LR images."),
+    scale: int = typer.Option(4, "--scale", min=2, help="Downscaling factor of the LR images."),
     seed: int = typer.Option(0, "--seed", min=0, help="The same seed makes the same set."),
     data_root: Path | None = DATA_ROOT_OPTION,
     output: Path | None = typer.Option(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from srcompress.data.benchmarks import default_data_root, find_benchmark
 from srcompress.data.degradation import Degradation, DegradationRandom
 from srcompress.data.images import read_image, write_image
 from srcompress.errors import UserInputError
+from srcompress.files import make_temporary_folder
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -57,8 +57,7 @@ def degrade_benchmark(name: str | os.PathLike[str], degradation: Degradation, sc
               else root / f"{source.name}-{label}-x{scale}-seed{seed}")
     if target.exists():
         raise UserInputError(f"{target} already exists: delete it or pass another --output.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    workspace = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    workspace = make_temporary_folder(target.parent, f".{target.name}-", "--output")
     lr_relative = Path(f"LR_{degradation.name}") / f"X{scale}"
     try:
         for index, pair in enumerate(source.pairs):

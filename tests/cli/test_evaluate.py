@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,9 @@ def test_a_degraded_set_under_the_data_root_is_evaluated_by_its_name(
     assert made.exit_code == 0, made.stderr
     (folder,) = tmp_path.iterdir()
     assert f"--benchmark {folder.name}," in " ".join(made.stdout.split())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     by_name = evaluate_json(cli, "bicubic", "--benchmark", folder.name, "--data-root", tmp_path,
                             "--scale", "2")
     by_path = evaluate_json(cli, "bicubic", "--benchmark", folder, "--scale", "2")
@@ -194,6 +198,11 @@ def test_datasets_degrade_refuses_a_bad_degradation_file(cli, shared_data: Path,
     assert result.exit_code == 2
     assert "jpeg_range" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+    a_file = tmp_path / "bad.toml"
+    for flags in (["--output", a_file / "out"], ["--scale", "0", "--output", tmp_path / "x"]):
+        result = cli("datasets", "degrade", "Set5", "--data-root", shared_data / "benchmarks",
+                     *flags)
+        assert result.exit_code == 2 and "internal error" not in result.stderr, result.stderr
 
 
 def test_evaluate_no_reference_json_and_small_image_warning(cli, shared_data: Path,
