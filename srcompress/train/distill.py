@@ -128,13 +128,18 @@ def distill(
     if config is not None:
         given = {**DistillSettings.read_config(config), **given}
     settings = DistillSettings.resolve(given, resume)
-    result = run_training(settings, DistillJob(), resume, reporter, force)
+    result = run_training(settings, DistillJob(resuming=resume), resume, reporter, force)
     return DistillResult(**vars(result))
 
 
 class DistillJob(Job[DistillSettings]):
     """A student built from its SPEC, taught by a loaded teacher (or by none, for the methods
     without a teacher term)."""
+
+    def __init__(self, resuming: bool = False) -> None:
+        # A resumed run's student comes from its checkpoint: --init is not read again (its file
+        # may be gone by then) and not announced again.
+        self.resuming = resuming
 
     weights_name = "student.safetensors"
 
@@ -188,7 +193,7 @@ class DistillJob(Job[DistillSettings]):
                 self.warnings = (*self.warnings, (
                     f"the student has {student.parameters:,} parameters, more than the teacher's "
                     f"{teacher_size:,}; distillation is meant to make a smaller model."))
-        if settings.init is not None:
+        if settings.init is not None and not self.resuming:
             self.warm = warm_start(student.module, student.arch, settings.scale, settings.init)
         return student
 

@@ -51,10 +51,10 @@ def warm_start(student: nn.Module, arch: str, scale: int, checkpoint: str | Path
     own, given = student.state_dict(), source.module.state_dict()
     loaded = {name: tensor for name, tensor in given.items()
               if name in own and tensor.shape == own[name].shape and not name.startswith(skipped)}
-    if not loaded:
+    if not any(tensor.ndim > 1 for tensor in loaded.values()):  # a bias alone starts nothing
         raise UserInputError(
-            f"--init {checkpoint} has no layer of the student's names and shapes: pass a "
-            "checkpoint of the same architecture.")
+            f"--init {checkpoint} has no weight of the student's names and shapes: pass a "
+            "checkpoint of the same architecture and width.")
     student.load_state_dict(loaded, strict=False)
     return WarmStart(Path(checkpoint), source.scale, list(loaded),
                      [name for name in own if name not in loaded])

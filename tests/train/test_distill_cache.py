@@ -128,6 +128,10 @@ def test_warm_start_from_x2_loads_all_but_the_upsampler(tmp_path: Path) -> None:
     same = models.build_model("edsr:num_feat=8,num_block=3", 2)
     assert warm_start(same.module, "edsr", 2, tmp_path / "x2.safetensors").kept == [
         "body.2.conv1.weight", "body.2.conv1.bias", "body.2.conv2.weight", "body.2.conv2.bias"]
+    # Another width shares only the output conv's 3-value bias: nothing to start from.
+    wide = models.build_model("edsr:num_feat=16,num_block=2", 2)
+    with pytest.raises(UserInputError, match="no weight of the student's names and shapes"):
+        warm_start(wide.module, "edsr", 2, tmp_path / "x2.safetensors")
     rcan = models.build_model("rcan:num_feat=8,num_group=1,num_block=1", 2)
     with pytest.raises(UserInputError, match="holds a edsr model but the student is rcan"):
         warm_start(rcan.module, "rcan", 2, tmp_path / "x2.safetensors")
@@ -144,6 +148,11 @@ def test_distill_init_starts_from_the_given_weights(tiny_teacher: Path, tmp_path
     trained = _weights(first.student)
     # One step of lr 1e-4 from the given weights stays within 1e-3 of them.
     assert all((start["student"][key] - trained[key]).abs().max() < 1e-3 for key in trained)
+    # Resumed, the student comes from the checkpoint: the --init file is not needed again.
+    first.student.unlink()
+    resumed = Interrupt(at=-1)
+    distill(tiny_teacher, iters=2, output=tmp_path / "second", resume=True, reporter=resumed)
+    assert not any(text.startswith("Warm start") for text in resumed.messages)
 
 
 @pytest.mark.slow
