@@ -158,8 +158,9 @@ def srcompress_quantized(checkpoint: Path, w_bits: int, a_bits: int, iters: int,
     """`srcompress quantize` with its default settings: post-training quantization when `iters`
     is 0 (the model every QAT run starts from), else QAT from there on the calibration images at
     `--qat-lr`. The model returned is the one the product recommends, `best.safetensors`: the
-    calibrated start or the final weights, whichever validates better on held-out training
-    patches (the run has no validation benchmark), so QAT never scores below PTQ here either."""
+    calibrated start or the final weights, whichever validates better on fixed patches
+    of the training images (the run has no validation benchmark), so QAT never scores below PTQ
+    here either."""
     result = quantize(checkpoint, w_bits=w_bits, a_bits=a_bits, iters=iters, val_benchmarks=[],
                       lr=args.qat_lr, device="cpu", workers=0, save_every=max(iters, 1),
                       output=folder / f"{checkpoint.stem}-w{w_bits}a{a_bits}-{iters}",
@@ -414,10 +415,10 @@ def main() -> None:
                    "them)" if args.qat_patch_size else "the same patch size")
         trained = (f"then {args.qat_iters} QAT iterations {learning_rate}, batch "
                    f"{args.calibration_batch}, {patches}, quantize's other defaults; each "
-                   "srcompress variant is the "
-                   "run's best.safetensors, the weights the product recommends: the calibrated "
-                   "start or the final weights, whichever validates better on held-out training "
-                   "patches" if args.qat_iters else "without training")
+                   "srcompress variant is the run's best.safetensors, the weights the product "
+                   "recommends: the calibrated start or the final weights, whichever validates "
+                   "better on fixed patches of the training images" if args.qat_iters
+                   else "without training")
         replace_section(Path(args.results), "bench_quantize", "\n".join([
             "## Quantized export latency (benchmarks/bench_quantize.py)", "",
             f"`{shown_arguments(sys.argv[1:])}`", "",

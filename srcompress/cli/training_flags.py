@@ -38,7 +38,7 @@ METHOD_PANEL = "Method options (a flag applies to the methods named in its help)
 _NO_VALIDATION = inspect.Parameter(
     "no_validation", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--no-validation", help="Validate on no benchmark: distill then writes no "
-        "best.safetensors; quantize validates on held-out training patches instead."))
+        "best.safetensors; quantize validates on fixed patches of the training images instead."))
 # Flags that are not settings keys: where the settings come from.
 _SOURCE_FLAGS: dict[str, tuple[Any, Any]] = {
     "config": (Path | None, typer.Option(

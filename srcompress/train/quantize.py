@@ -9,10 +9,10 @@ too, `"kd"` on the pairs only, `"none"` with the plain L1 loss.
 
 Post-training quantization is the same run with no iterations (`iters=0`, or `method="ptq"`):
 calibrate, validate, write `quantized.safetensors`. Every run validates its calibrated start at
-iteration 0 (`Job.starts_trained`; on held-out training patches when there are no validation
-benchmarks), so `best.safetensors` is never worse than post-training quantization would have
-been. `trainable="ranges"` trains only the clipping ranges and leaves the float weights as they
-are.
+iteration 0 (`Job.starts_trained`; on fixed patches of the training images when there are no
+validation benchmarks), so `best.safetensors` is never worse than post-training quantization
+would have been. `trainable="ranges"` trains only the clipping ranges and leaves the float
+weights as they are.
 
 Settings resolve as in `distill` (see `srcompress.train.settings`). The run folder holds
 `quantized.safetensors` (the final, EMA, weights with their quantisation parameters and the

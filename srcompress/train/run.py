@@ -91,8 +91,8 @@ class Job(ABC, Generic[Settings]):
     method_names: ClassVar[Mapping[str, str] | None] = None  # the command's method → registry
 
     # The student starts from a trained model (quantization): the run validates it at iteration 0
-    # and, without validation benchmarks, on held-out training patches (`patch_validator`), so
-    # best.safetensors is never worse than what the run started from.
+    # and, without validation benchmarks, on fixed patches of the training images
+    # (`patch_validator`), so best.safetensors is never worse than what the run started from.
     starts_trained: ClassVar[bool] = False
 
     teacher: nn.Module | None = None
@@ -203,7 +203,7 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
                 f"memory, {passes:.2g} passes per LR pixel), {degradation.name} inputs, "
                 f"{job.summary(settings)}, method {settings.method}, output {run.root}"
                 + (f"; {cached}" if cached else ""))
-            if degradation.name != BicubicDegradation.name and validate is not None:
+            if degradation.name != BicubicDegradation.name and settings.val_benchmarks:
                 speaking.message(
                     f"Note: validation on {', '.join(settings.val_benchmarks)} uses those "
                     "benchmarks' own LR inputs; to validate on the real-world task, pass "

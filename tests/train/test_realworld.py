@@ -215,7 +215,10 @@ def test_quantize_calibrates_and_trains_on_the_models_task(tmp_path: Path) -> No
                       degradation="realesrgan")
     run = {"iters": 1, "batch_size": 2, "patch_size": 16, "workers": 0, "val_benchmarks": [],
            "device": "cpu", "calibration_batches": 2, "method": "none", "lr": 1e-12}
-    real_world = quantize(float_model, **run, output=tmp_path / "rw")
+    messages = Messages()
+    real_world = quantize(float_model, **run, output=tmp_path / "rw", reporter=messages)
+    # Validated on training patches, degraded as training is: no note about benchmark inputs.
+    assert not [line for line in messages.lines if line.startswith("Note: validation on")]
     bicubic = quantize(float_model, **run, degradation="bicubic", output=tmp_path / "bicubic")
     assert tomllib.loads((real_world.output / "config.toml").read_text())["degradation"] == (
         "realesrgan")
