@@ -225,11 +225,16 @@ def run_training(settings: Settings, job: Job[Settings], resume: bool,
     best = run.best if run.best.exists() else None
     diverged = trainer.divergence() if completed and place.is_main else None
     if diverged is not None:
+        # A run that validated its start keeps that start in best.safetensors when nothing beat
+        # it: only the final weights are then worse than where the run started.
+        worse = (f"{run.weights.name} is worse than where it started and {best.name} holds the "
+                 "best validated weights, the start included" if job.starts_trained and best
+                 else "its files are worse than where it started")
         kept = ", ".join(path.name for path in (run.weights, best) if path is not None)
         raise RunDivergedError(
-            f"The run in {run.root} diverged: {diverged}. Its files ({kept}) are kept as written, "
-            f"but they are worse than where it started: train again with a lower --lr (it was "
-            f"{settings.lr:g}) or with --grad-clip.")
+            f"The run in {run.root} diverged: {diverged}. Its files ({kept}) are kept as written; "
+            f"{worse}: train again with a lower --lr (it was {settings.lr:g}) or with "
+            "--grad-clip.")
     return RunResult(run.root, run.weights, best, trainer.record.as_dict(trainer.iteration),
                      completed)
 
