@@ -19,9 +19,11 @@ TensorRT consumes explicit Q/DQ too, but only int8 with zero point 0, float bias
 between a QuantizeLinear and its DequantizeLinear. `target="tensorrt"` writes that form: the same
 grid shifted by the zero point (uint8 with zero point 2^(b-1) is int8 with zero point 0, exactly),
 the b-bit range as a float Clip before each QuantizeLinear, the bias as the float value of its
-int32, 8-bit weight containers. It is exact for signed tensors at any bit-width and for ReLU
-outputs of at most 127 levels: below 8 bits always, at 8 bits only when the model was quantized
-on the int8 grid (`quantize_model(..., target="tensorrt")`); otherwise the export refuses.
+int32, 8-bit weight containers. It is exact for signed tensors at any bit-width and for
+unsigned ones (ReLU outputs, the image input) of at most 127 levels. Since the 8-bit tensors of a
+low-bit model (head, stream, conv outputs) are unsigned 8-bit too, only a model quantized on the
+int8 grid (`quantize_model(..., target="tensorrt")`) has this form; otherwise the export
+refuses.
 
 Weights of 4 bits and fewer are stored packed as INT4 (opset 21) so the file is about half an
 8-bit one. ONNX Runtime's CPU integer convolution does not accept INT4 weights (its QDQ selector
@@ -186,10 +188,9 @@ def _check_int8_grid(quantizers: dict[str, Any]) -> None:
         zero_point, top = quantizer.quantization_parameters()[1:]
         if top - zero_point > 127:
             raise UserInputError(
-                f"tensor '{name.rpartition('.')[2]}' is a ReLU output on the unsigned 8-bit grid "
-                f"(0..{top}), which TensorRT's int8 with zero point 0 cannot hold: quantize the "
-                "model with --target tensorrt (ReLU outputs on 0..127), or export it for "
-                "onnxruntime.")
+                f"tensor '{name.rpartition('.')[2]}' is on the unsigned 8-bit grid (0..{top}), "
+                "which TensorRT's int8 with zero point 0 cannot hold: quantize the model with "
+                "--target tensorrt (unsigned tensors on 0..127), or export it for onnxruntime.")
 
 
 def qdq_metadata(settings: dict[str, Any], quantizers: int,

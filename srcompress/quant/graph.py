@@ -12,7 +12,12 @@ the sigmoid gate and its Mul) stays float. `quantize_model` therefore
    an integer tensor, of a Mul of two integer tensors, of a LeakyReLU/PReLU that reads one, and
    every float tensor such an operation reads (an image-side input joining the body);
 3. folds a constant scaling of a conv's output (`x * res_scale`, `x * 0.2`) into that conv;
-4. puts one `ActivationQuantizer` on each marked tensor, shared by all its readers.
+4. puts one `ActivationQuantizer` on each marked tensor, shared by all its readers, except that
+   below 8 bits a tensor of the 8-bit stream that also enters a low-bit conv gets a low-bit copy
+   for that conv (head, upsampler, conv outputs and the stream keep 8 bits), and a pixel
+   shuffle's output re-uses its input's quantiser (the runtime moves uint8 through it);
+5. replaces the residual Adds, the sigmoid and global pooling it keeps in integers by the
+   runtime's own arithmetic (`fakequant`), so training computes what the export will.
 
 The result is a `torch.fx.GraphModule` with the model's own parameter names plus
 `activation_quantizers.<tensor>.*`; `restore_quantization` rebuilds it from the float
