@@ -473,9 +473,11 @@ def _build(folder: Path, manifest: dict, layout: Layout, parts: Sequence[str],
             done += 1
             if progress is not None:
                 progress(done, total)
-        for name, array in files.items():
+        for array in files.values():
             array.flush()
-            del array
+        names = list(files)
+        files.clear()  # the memory maps are closed before their files are renamed
+        for name in names:
             os.replace(folder / f"{name}.npy.partial", folder / f"{name}.npy")
         manifest["parts"] = [p for p in PARTS if p in manifest["parts"] or p == part]
         with atomic_path(folder / MANIFEST) as temporary:
