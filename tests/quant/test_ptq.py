@@ -98,7 +98,7 @@ def test_best_is_never_worse_than_the_calibrated_start(
     output = tmp_path / "run"
     # A run that ends this far below its start is also reported as diverged (exit 1), its files
     # kept: what matters here is which weights best.safetensors holds.
-    with pytest.raises(RunDivergedError, match="best.safetensors holds the best validated"):
+    with pytest.raises(RunDivergedError, match=r"best\.safetensors holds the best validated"):
         quantize(demo_teacher, iters=3, val_benchmarks=val_benchmarks, data_root=benchmarks,
                  output=output, **TINY, **DAMAGING)
     metrics = json.loads((output / "metrics.json").read_text(encoding="utf-8"))
